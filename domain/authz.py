@@ -1,0 +1,76 @@
+"""Who may do what (权限): by the plan's roster, never by a name typed into a payload.
+
+- A responsible unit (责任单位) reports on its own task only: acknowledge, progress, claim,
+  extension requests, rectification reports.
+- Acceptance of a claim: a supervisor (督查组) or the lead unit (牵头单位) — never the unit itself.
+- Extension decisions: the lead unit's lead/head, or a leader (区委/县委).
+- Inspections, rectification verification, 回头看: supervisors not belonging to the unit.
+- Auditors (审计/纪委/考核办) read; they never command.
+"""
+
+from __future__ import annotations
+
+from domain.commands import (
+    AcceptNode,
+    Acknowledge,
+    ClaimNode,
+    Command,
+    DecideExtension,
+    RecordInspection,
+    RecordRecheck,
+    RejectClaim,
+    Rejection,
+    ReportProgress,
+    ReportRectification,
+    RequestExtension,
+    VerifyRectification,
+)
+from domain.plan import Member, TaskSpec
+
+UNIT_COMMANDS = (Acknowledge, ReportProgress, ClaimNode, RequestExtension, ReportRectification)
+ACCEPT_COMMANDS = (AcceptNode, RejectClaim)
+SUPERVISOR_COMMANDS = (RecordInspection, VerifyRectification, RecordRecheck)
+
+
+def member_of(spec: TaskSpec, actor: str) -> Member | None:
+    return next((m for m in spec.roster if m.actor == actor), None)
+
+
+def authorise(spec: TaskSpec, cmd: Command) -> Rejection | None:
+    m = member_of(spec, cmd.actor)
+    name = type(cmd).__name__
+    if m is None:
+        return Rejection(code="unauthorised",
+                         reason=f"actor {cmd.actor!r} is not on this plan's roster for this task")
+    roles = set(m.roles)
+    own_unit = m.unit == spec.unit.code
+    if isinstance(cmd, UNIT_COMMANDS):
+        if own_unit and roles & {"member", "head"}:
+            return None
+        return Rejection(code="unauthorised",
+                         reason=f"{name}: only members of {spec.unit.name} ({spec.unit.code}) may "
+                                f"do this; {cmd.actor} belongs to {m.unit} as {'/'.join(m.roles)}")
+    if own_unit:
+        return Rejection(code="unauthorised",
+                         reason=f"{name}: a unit may not check its own work; {cmd.actor} belongs "
+                                f"to the responsible unit {spec.unit.code}")
+    if isinstance(cmd, ACCEPT_COMMANDS):
+        in_lead = m.unit == spec.lead_unit.code and bool(roles & {"lead", "head", "member"})
+        if "supervisor" in roles or in_lead:
+            return None
+        return Rejection(code="unauthorised",
+                         reason=f"{name}: only a supervisor or the lead unit "
+                                f"{spec.lead_unit.code} may accept or send back a claim")
+    if isinstance(cmd, DecideExtension):
+        if (m.unit == spec.lead_unit.code and roles & {"lead", "head"}) or "leader" in roles:
+            return None
+        return Rejection(code="unauthorised",
+                         reason=f"{name}: only the lead unit {spec.lead_unit.code}'s lead/head or a "
+                                f"leader may decide an extension")
+    if isinstance(cmd, SUPERVISOR_COMMANDS):
+        if "supervisor" in roles:
+            return None
+        return Rejection(code="unauthorised",
+                         reason=f"{name}: only a supervisor (督查组) may do this; {cmd.actor} is "
+                                f"{'/'.join(m.roles)}")
+    return Rejection(code="unauthorised", reason=f"{name}: no rule allows it")

@@ -1,0 +1,312 @@
+"""The key-task breakdown list (重点任务分解清单) and its resolution into one task per unit.
+
+A plan names its units (单位), its roster (who belongs where, who supervises, leads, audits),
+and its key tasks (重点任务) with lead unit (牵头单位), responsible units (责任单位) and deadline
+nodes (节点) planned backwards from the final deadline (倒排工期). `resolve_plan` turns it into
+`TaskSpec`s — the input of one KeyTask workflow per (task × responsible unit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.calendar import DEFAULT_TZ, add_working_days, end_of_local_day
+from domain.ladder import Ladder
+
+CODE = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+UnitKind = Literal["county", "department", "township", "village", "community", "office"]
+Role = Literal["member", "head", "lead", "supervisor", "auditor", "office", "leader", "discipline"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Unit(Model):
+    code: str = Field(pattern=CODE)
+    name: str
+    kind: UnitKind
+    parent: str | None = None
+
+
+class Member(Model):
+    """A person on the roster. Authorisation is by role and unit, never by name."""
+
+    actor: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    name: str
+    unit: str
+    roles: tuple[Role, ...] = ("member",)
+
+
+class NodeSpec(Model):
+    """A deadline node: a local date ("X月31日前" = end of that day), an exact instant, or
+    working days after the plan's start or after an earlier node."""
+
+    code: str = Field(pattern=CODE)
+    title: str
+    kind: Literal["milestone", "report"] = "milestone"
+    due: dt.date | None = None
+    due_at: dt.datetime | None = None
+    working_days: int | None = Field(None, ge=0)
+    after: str | None = None
+    planned_progress: int = Field(0, ge=0, le=100)
+
+
+class TaskDef(Model):
+    code: str = Field(pattern=CODE)
+    title: str
+    category: str = ""
+    lead_unit: str
+    standard: str = ""
+    ladder: str = "deadline-lights"
+    major: bool = False
+    start_level: int | None = Field(None, ge=1)
+    responsible: tuple[str, ...] = ()
+    responsible_kind: UnitKind | None = None
+    end: dt.date | None = None
+    nodes: tuple[NodeSpec, ...] = ()
+
+
+class RecheckPolicy(Model):
+    """回头看: the share of closed tasks drawn for a re-inspection, and when."""
+
+    percent: int = Field(20, ge=0, le=100)
+    after: dict[str, int] = Field(default_factory=lambda: {"days": 28})
+    window: dict[str, int] = Field(default_factory=lambda: {"days": 14})
+
+
+class Plan(Model):
+    code: str = Field(pattern=CODE)
+    title: str
+    timezone: str = DEFAULT_TZ
+    start: dt.date
+    start_at: dt.datetime | None = None
+    units: tuple[Unit, ...]
+    roster: tuple[Member, ...] = ()
+    tasks: tuple[TaskDef, ...]
+    recheck: RecheckPolicy = RecheckPolicy()
+
+
+class ResolvedNode(Model):
+    code: str
+    title: str
+    kind: Literal["milestone", "report"]
+    due: dt.datetime
+    planned_progress: int
+    calendar_estimated: tuple[int, ...] = ()
+
+
+class TaskSpec(Model):
+    """Everything one KeyTask workflow needs, frozen at plan load: the audit's "rules in force"."""
+
+    task_id: str
+    plan_code: str
+    plan_title: str
+    task_code: str
+    title: str
+    category: str
+    standard: str
+    timezone: str
+    unit: Unit
+    parent_unit: Unit | None
+    lead_unit: Unit
+    major: bool
+    start_level: int | None
+    started_at: dt.datetime
+    nodes: tuple[ResolvedNode, ...]
+    ladders: dict[str, Ladder]
+    ladder: str
+    roster: tuple[Member, ...]
+    recheck: RecheckPolicy
+
+
+class PlanIssue(Model):
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class PlanInvalid(ValueError):
+    def __init__(self, issues: list[PlanIssue]):
+        self.issues = issues
+        super().__init__("plan is invalid:\n" + "\n".join(f"  - {i}" for i in issues))
+
+
+def task_id_for(plan_code: str, task_code: str, unit_code: str) -> str:
+    return f"{plan_code}/{task_code}/{unit_code}"
+
+
+def _dupes(codes: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({c for c in codes if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+
+
+def validate_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[PlanIssue]:
+    """Every problem at once, each with where it is, so an office can fix a sheet in one pass."""
+    issues: list[PlanIssue] = []
+
+    def bad(where: str, msg: str) -> None:
+        issues.append(PlanIssue(where=where, message=msg))
+
+    try:
+        ZoneInfo(plan.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        bad("timezone", f"unknown time zone {plan.timezone!r}")
+    units = {u.code: u for u in plan.units}
+    for c in _dupes([u.code for u in plan.units]):
+        bad(f"units.{c}", "duplicate unit code")
+    for u in plan.units:
+        if u.parent is not None and u.parent not in units:
+            bad(f"units.{u.code}", f"unknown parent unit {u.parent!r}")
+    for c in _dupes([m.actor for m in plan.roster]):
+        bad(f"roster.{c}", "duplicate actor")
+    for m in plan.roster:
+        if m.unit not in units:
+            bad(f"roster.{m.actor}", f"unknown unit {m.unit!r}")
+    for c in _dupes([t.code for t in plan.tasks]):
+        bad(f"tasks.{c}", "duplicate task code")
+    for t in plan.tasks:
+        where = f"tasks.{t.code}"
+        if t.lead_unit not in units:
+            bad(where, f"unknown lead unit {t.lead_unit!r}")
+        for r in t.responsible:
+            if r not in units:
+                bad(where, f"unknown responsible unit {r!r}")
+        if not t.responsible and t.responsible_kind is None:
+            bad(where, "no responsible units (give `responsible` or `responsible_kind`)")
+        elif not _responsible_units(plan, t):
+            bad(where, f"no unit of kind {t.responsible_kind!r}")
+        if t.ladder not in ladders:
+            bad(where, f"ladder {t.ladder!r} not found (known: {', '.join(sorted(ladders))})")
+        else:
+            lad = ladders[t.ladder]
+            for extra in (lad.rectification_ladder, lad.false_report_ladder):
+                if extra not in ladders:
+                    bad(where, f"ladder {t.ladder!r} needs ladder {extra!r}, not found")
+            if t.start_level is not None and not any(s.level >= t.start_level for s in lad.steps):
+                bad(where, f"ladder {t.ladder!r} has no step at level {t.start_level} or above")
+            if not t.nodes and not lad.obligations:
+                bad(where, "no deadline nodes, and its ladder imposes none")
+        for c in _dupes([n.code for n in t.nodes]):
+            bad(f"{where}.nodes.{c}", "duplicate node code")
+        earlier: set[str] = set()
+        for n in t.nodes:
+            nw = f"{where}.nodes.{n.code}"
+            given = sum(x is not None for x in (n.due, n.due_at, n.working_days))
+            if given != 1:
+                bad(nw, "give exactly one of `due` (date), `due_at` (instant), `working_days`")
+            if n.after is not None and n.working_days is None:
+                bad(nw, "`after` only goes with `working_days`")
+            if n.after not in (None, "start") and n.after not in earlier:
+                bad(nw, f"`after` must name an earlier node of this task, not {n.after!r}")
+            if n.due_at is not None and n.due_at.tzinfo is None:
+                bad(nw, "`due_at` needs a time zone offset")
+            if t.end is not None and n.due is not None and n.due > t.end:
+                bad(nw, f"node due {n.due} is after the task's end {t.end}")
+            if n.due is not None and n.due < plan.start:
+                bad(nw, f"node due {n.due} is before the plan's start {plan.start}")
+            earlier.add(n.code)
+        progress = [n.planned_progress for n in t.nodes]
+        if progress != sorted(progress):
+            bad(where, "planned progress must not go down from node to node")
+    if plan.start_at is not None and plan.start_at.tzinfo is None:
+        issues.append(PlanIssue(where="start_at", message="needs a time zone offset"))
+    return issues
+
+
+def _responsible_units(plan: Plan, t: TaskDef) -> list[Unit]:
+    units = {u.code: u for u in plan.units}
+    if t.responsible:
+        return [units[c] for c in t.responsible if c in units]
+    return [u for u in plan.units if u.kind == t.responsible_kind]
+
+
+def _resolve_nodes(plan: Plan, t: TaskDef, ladder: Ladder, started: dt.datetime) -> tuple[ResolvedNode, ...]:
+    tz = plan.timezone
+    out: dict[str, ResolvedNode] = {}
+    if t.nodes:
+        for n in t.nodes:
+            est: tuple[int, ...] = ()
+            if n.due is not None:
+                due = end_of_local_day(n.due, tz)
+            elif n.due_at is not None:
+                due = n.due_at.astimezone(dt.UTC)
+            else:
+                anchor_day = plan.start if n.after in (None, "start") else None
+                if anchor_day is None:
+                    prev = out[str(n.after)]
+                    res_due, est = _after_working_days(prev.due, n.working_days or 0, tz)
+                    due = res_due
+                else:
+                    res = add_working_days(anchor_day, n.working_days or 0)
+                    due, est = end_of_local_day(res.day, tz), res.estimated_years
+            out[n.code] = ResolvedNode(
+                code=n.code, title=n.title, kind=n.kind, due=due,
+                planned_progress=n.planned_progress, calendar_estimated=est,
+            )
+        return tuple(out.values())
+    nodes = []
+    for ob in ladder.obligations:
+        within = ob.major_within if (t.major and ob.major_within is not None) else ob.within
+        due, est = within.after(started, tz)
+        nodes.append(ResolvedNode(
+            code=ob.code, title=ob.title, kind=ob.kind, due=due,
+            planned_progress=ob.planned_progress, calendar_estimated=est,
+        ))
+    return tuple(nodes)
+
+
+def _after_working_days(base: dt.datetime, n: int, tz: str) -> tuple[dt.datetime, tuple[int, ...]]:
+    from domain.ladder import Offset
+
+    return Offset(working_days=n).after(base, tz)
+
+
+def _roster_for(plan: Plan, unit: Unit, lead: Unit) -> tuple[Member, ...]:
+    """The people who may act on one task: its unit, its lead unit, and plan-wide roles."""
+    wide = {"supervisor", "auditor", "office", "leader", "discipline"}
+    return tuple(
+        m for m in plan.roster
+        if m.unit in (unit.code, lead.code) or wide.intersection(m.roles)
+    )
+
+
+def resolve_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[TaskSpec]:
+    issues = validate_plan(plan, ladders)
+    if issues:
+        raise PlanInvalid(issues)
+    units = {u.code: u for u in plan.units}
+    started = (
+        plan.start_at.astimezone(dt.UTC) if plan.start_at is not None
+        else end_of_local_day(plan.start - dt.timedelta(days=1), plan.timezone)
+    )
+    specs: list[TaskSpec] = []
+    for t in plan.tasks:
+        ladder = ladders[t.ladder]
+        needed = {t.ladder, ladder.rectification_ladder, ladder.false_report_ladder}
+        used = {k: ladders[k] for k in sorted(needed)}
+        lead = units[t.lead_unit]
+        for unit in _responsible_units(plan, t):
+            nodes = _resolve_nodes(plan, t, ladder, started)
+            specs.append(TaskSpec(
+                task_id=task_id_for(plan.code, t.code, unit.code),
+                plan_code=plan.code, plan_title=plan.title, task_code=t.code, title=t.title,
+                category=t.category, standard=t.standard, timezone=plan.timezone, unit=unit,
+                parent_unit=units.get(unit.parent) if unit.parent else None, lead_unit=lead,
+                major=t.major, start_level=t.start_level, started_at=started, nodes=nodes,
+                ladders=used, ladder=t.ladder, roster=_roster_for(plan, unit, lead),
+                recheck=plan.recheck,
+            ))
+    return specs
+
+
+def estimated_calendar_years(specs: list[TaskSpec]) -> list[int]:
+    """Years used whose official holiday notice is not yet in the library: flag them."""
+    return sorted({y for s in specs for n in s.nodes for y in n.calendar_estimated})
