@@ -46,7 +46,7 @@ def evolve(state: TaskState | None, event: ev.Event) -> TaskState:
         raise ValueError(f"event seq {event.seq} does not follow {state.last_seq}")
     else:
         s = _apply(state, event)
-    s = s.model_copy(update={"last_seq": event.seq})
+    s = s.model_copy(update={"last_seq": event.seq, "last_at": event.at})
     return s.model_copy(update={"level": current_level(s)})
 
 

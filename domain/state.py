@@ -74,6 +74,7 @@ class InspectionState(S):
 class TaskState(S):
     spec: TaskSpec
     last_seq: int
+    last_at: dt.datetime | None = None
     status: Status = "assigned"
     acknowledged_at: dt.datetime | None = None
     progress: int = 0

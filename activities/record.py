@@ -1,0 +1,74 @@
+"""The activities: every side effect of a KeyTask, each safe to retry.
+
+`record_batch` appends a batch of events (hash-chained, idempotent by (task, seq)), updates the
+read model in the same transaction, then issues the batch's 督办单 notices — each at most once
+per (task, step), because the notice and outbox rows are keyed by it. A retry after a crash at
+any point re-does only what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.notices import Channel, OutboxChannel, render_notice
+from domain.projection import RecordBatch
+from infra import metrics
+
+log = structlog.get_logger("duban.activities")
+
+
+class DubanActivities:
+    def __init__(self, store: Any, client: Client | None = None,
+                 channels: list[Channel] | None = None):
+        self.store = store
+        self.client = client
+        self.channels: list[Channel] = channels if channels is not None else [OutboxChannel(store)]
+
+    @activity.defn(name="record_batch")
+    def record_batch(self, batch: RecordBatch) -> dict[str, Any]:
+        started = time.perf_counter()
+        rm = batch.read_model
+        result = self.store.append(batch.task_id, batch.events, read_model=rm)
+        metrics.EVENTS_RECORDED.inc(result.appended)
+        for e in batch.events:
+            if e["type"] == "CommandRejected":
+                metrics.COMMANDS_REJECTED.labels(reason=e["code"]).inc()
+        contexts = {c.step_key: c for c in batch.notices}
+        sent = 0
+        for e in batch.events:
+            if e["type"] != "EscalationFired":
+                continue
+            ctx = contexts.get(e["step_key"])
+            if ctx is None:
+                raise ValueError(f"no notice context for {e['step_key']}")
+            notice = render_notice(ctx, e)
+            new = self.store.record_notice(
+                task_id=notice.task_id, step_key=notice.step_key, node=notice.node,
+                ladder=notice.ladder, step=notice.step, level=notice.level, title=notice.title,
+                document=notice.document, reply_by=notice.reply_by,
+            )
+            if new:
+                metrics.ESCALATIONS.labels(ladder=notice.ladder, step=notice.step).inc()
+            for channel in self.channels:
+                for recipient in notice.recipients:
+                    if channel.deliver(notice, recipient):
+                        sent += 1
+                        metrics.NOTICES_SENT.labels(channel=channel.name).inc()
+        metrics.RECORD_LATENCY.observe(time.perf_counter() - started)
+        return {"appended": result.appended, "skipped": result.skipped,
+                "head_seq": result.head_seq, "notices_sent": sent}
+
+    @activity.defn(name="archive_history")
+    async def archive_history(self, task_id: str, workflow_id: str, run_id: str,
+                              reason: str) -> bool:
+        """Keep the engine's history in the store: Temporal deletes closed ones after retention."""
+        if self.client is None:
+            raise RuntimeError("archive_history needs a Temporal client")
+        history = await self.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        text = history.to_json()
+        return bool(self.store.archive_history(task_id, workflow_id, run_id, reason, text))

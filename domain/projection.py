@@ -1,0 +1,141 @@
+"""Read models (the board's tables) as a pure function of a task's state.
+
+Because they depend on the folded state only — never on the clock — a projection rebuilt from
+the stored events alone equals the live one, row for row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from domain.events import EscalationFired
+from domain.rules import deadline_of
+from domain.state import TaskState
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskRow(Row):
+    task_id: str
+    plan_code: str
+    task_code: str
+    unit_code: str
+    parent_unit: str | None
+    title: str
+    lead_unit: str
+    ladder: str
+    status: str
+    light: str
+    level: int
+    progress: int
+    next_due_at: dt.datetime | None
+    nodes: list[dict[str, Any]]
+    open_findings: int
+    last_seq: int
+    updated_at: dt.datetime | None
+
+
+class InspectionRow(Row):
+    inspection_id: str
+    task_id: str
+    inspector: str
+    visited_at: dt.datetime
+    place: str
+    outcome: str
+    nodes: list[str]
+    findings_count: int
+
+
+class FindingRow(Row):
+    finding_id: str
+    task_id: str
+    inspection_id: str
+    severity: str
+    description: str
+    status: str
+    deadline: dt.datetime | None
+    evidence: list[dict[str, Any]]
+    closed_at: dt.datetime | None
+
+
+class ReadModel(Row):
+    task: TaskRow
+    inspections: list[InspectionRow]
+    findings: list[FindingRow]
+
+
+def project(state: TaskState) -> ReadModel:
+    spec = state.spec
+    nodes = [
+        {"code": n.code, "title": n.title, "kind": n.kind, "status": n.status,
+         "original_due": n.original_due.isoformat(), "due": n.due.isoformat(),
+         "on_time": n.on_time}
+        for n in state.nodes
+    ]
+    task = TaskRow(
+        task_id=spec.task_id, plan_code=spec.plan_code, task_code=spec.task_code,
+        unit_code=spec.unit.code, parent_unit=spec.parent_unit.code if spec.parent_unit else None,
+        title=spec.title, lead_unit=spec.lead_unit.code, ladder=spec.ladder, status=state.status,
+        light=state.light, level=state.level, progress=state.progress,
+        next_due_at=deadline_of(state), nodes=nodes,
+        open_findings=sum(1 for f in state.findings if f.status != "closed"),
+        last_seq=state.last_seq, updated_at=state.last_at,
+    )
+    inspections = [
+        InspectionRow(inspection_id=i.inspection_id, task_id=spec.task_id, inspector=i.inspector,
+                      visited_at=i.visited_at, place=i.place, outcome=i.outcome,
+                      nodes=list(i.nodes), findings_count=len(i.findings))
+        for i in state.inspections
+    ]
+    findings = [
+        FindingRow(finding_id=f.finding_id, task_id=spec.task_id, inspection_id=f.inspection_id,
+                   severity=f.severity, description=f.description, status=f.status,
+                   deadline=f.deadline, evidence=[e.model_dump(mode="json") for e in f.evidence],
+                   closed_at=f.closed_at)
+        for f in state.findings
+    ]
+    return ReadModel(task=task, inspections=inspections, findings=findings)
+
+
+class NoticeContext(Row):
+    """What a 督办单 needs besides the rung itself: names people read."""
+
+    task_id: str
+    step_key: str
+    plan_title: str
+    task_title: str
+    unit_code: str
+    unit_name: str
+    lead_unit_name: str
+    timezone: str
+    target_title: str
+
+
+class RecordBatch(Row):
+    """One activity call: append these events, update the read model, issue these notices."""
+
+    task_id: str
+    events: list[dict[str, Any]]
+    read_model: ReadModel
+    notices: list[NoticeContext] = []
+
+
+def notice_context(state: TaskState, fired: EscalationFired) -> NoticeContext:
+    spec = state.spec
+    if fired.target_kind == "finding":
+        f = state.finding(fired.target)
+        target_title = f"整改事项 {fired.target}: {f.description}" if f else fired.target
+    else:
+        n = state.node(fired.target)
+        title = n.title if n else fired.target
+        target_title = f"虚报: {title}" if fired.target_kind == "false_report" else title
+    return NoticeContext(
+        task_id=spec.task_id, step_key=fired.step_key, plan_title=spec.plan_title, task_title=spec.title,
+        unit_code=spec.unit.code, unit_name=spec.unit.name, lead_unit_name=spec.lead_unit.name,
+        timezone=spec.timezone, target_title=target_title,
+    )

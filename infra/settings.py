@@ -1,0 +1,62 @@
+"""Process settings, read from the environment once.
+
+Plain pydantic model (no pydantic-settings): the set is small and the env names are fixed.
+Defaults keep everything under the repository's `.duban/` so a fresh clone runs with no set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+LogFormat = Literal["json", "console"]
+
+
+def _default_log_format() -> LogFormat:
+    # People at a terminal want colours; pipes, CI and log collectors want one JSON object a line.
+    try:
+        return "console" if sys.stderr.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"
+
+
+class Settings(BaseModel):
+    model_config = {"frozen": True}
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "duban"
+    home: Path = Field(default_factory=lambda: REPO_ROOT / ".duban")
+    database_url: str = ""
+    metrics_port: int = 9464
+    log_format: LogFormat = Field(default_factory=_default_log_format)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        home = Path(e.get("DUBAN_HOME") or REPO_ROOT / ".duban")
+        values: dict[str, object] = {
+            "temporal_address": e.get("TEMPORAL_ADDRESS") or "127.0.0.1:7233",
+            "temporal_namespace": e.get("TEMPORAL_NAMESPACE") or "default",
+            "task_queue": e.get("DUBAN_TASK_QUEUE") or "duban",
+            "home": home,
+            # The store file follows DUBAN_HOME unless a URL is given explicitly.
+            "database_url": e.get("DATABASE_URL") or f"sqlite:///{home / 'duban.db'}",
+            "metrics_port": int(e.get("DUBAN_METRICS_PORT") or 9464),
+        }
+        if e.get("DUBAN_LOG_FORMAT"):
+            values["log_format"] = e["DUBAN_LOG_FORMAT"].strip().lower()
+        return cls.model_validate(values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the current environment, cached; call `get_settings.cache_clear()` in tests."""
+    return Settings.from_env()

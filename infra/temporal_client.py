@@ -1,0 +1,57 @@
+"""The one way this project connects to Temporal: pydantic data converter, settings' address."""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+
+from infra.search_attributes import DEFINITIONS
+from infra.settings import Settings, get_settings
+
+DATA_CONVERTER = pydantic_data_converter
+
+_INDEXED_TYPE = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Datetime": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+}
+
+
+async def connect(settings: Settings | None = None) -> Client:
+    s = settings or get_settings()
+    return await Client.connect(
+        s.temporal_address,
+        namespace=s.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+async def ensure_search_attributes(client: Client, namespace: str | None = None) -> list[str]:
+    """Register whichever Duban search attributes the namespace lacks; returns the names added.
+
+    The dev server gets them from `--search-attribute` at start; the time-skipping test server
+    (which rejects a start or upsert naming an undefined attribute) and a fresh cluster need this.
+    """
+    ns = namespace or client.namespace
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=ns)
+        )
+        have = set(listed.custom_attributes)
+    except RPCError as e:
+        # The time-skipping server implements Add but not List.
+        if e.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+        have = set()
+    missing = {name: _INDEXED_TYPE[typ] for name, typ in DEFINITIONS.items() if name not in have}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=ns, search_attributes=missing)
+        )
+    return sorted(missing)

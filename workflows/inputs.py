@@ -1,0 +1,28 @@
+"""The KeyTask workflow's input: kept outside the workflow module so the sandbox passes it
+through and the pydantic data converter sees one class, not a per-sandbox copy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from domain.plan import TaskSpec
+from domain.state import TaskState
+
+
+class Carried(BaseModel):
+    """What a continued run starts from: the folded state and the latest events (for queries)."""
+
+    model_config = ConfigDict(frozen=True)
+    state: TaskState
+    recent: list[dict[str, Any]]
+    recorded_seq: int
+
+
+class KeyTaskInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    spec: TaskSpec
+    carried: Carried | None = None
+    # Tests lower this to exercise continue-as-new; production follows the engine's suggestion.
+    continue_after_events: int | None = None
