@@ -165,6 +165,13 @@ def validate_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[PlanIssue]:
     for u in plan.units:
         if u.parent is not None and u.parent not in units:
             bad(f"units.{u.code}", f"unknown parent unit {u.parent!r}")
+        seen_chain, cur = {u.code}, u.parent
+        while cur is not None and cur in units:
+            if cur in seen_chain:
+                bad(f"units.{u.code}", "parent units form a cycle")
+                break
+            seen_chain.add(cur)
+            cur = units[cur].parent
     for c in _dupes([m.actor for m in plan.roster]):
         bad(f"roster.{c}", "duplicate actor")
     for m in plan.roster:
@@ -179,9 +186,13 @@ def validate_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[PlanIssue]:
         for r in t.responsible:
             if r not in units:
                 bad(where, f"unknown responsible unit {r!r}")
-        if not t.responsible and t.responsible_kind is None:
+        for c in _dupes(list(t.responsible)):
+            bad(where, f"responsible unit {c!r} listed twice")
+        if t.responsible and t.responsible_kind is not None:
+            bad(where, "give either `responsible` (unit codes) or `responsible_kind`, not both")
+        elif not t.responsible and t.responsible_kind is None:
             bad(where, "no responsible units (give `responsible` or `responsible_kind`)")
-        elif not _responsible_units(plan, t):
+        elif t.responsible_kind is not None and not _responsible_units(plan, t):
             bad(where, f"no unit of kind {t.responsible_kind!r}")
         if t.ladder not in ladders:
             bad(where, f"ladder {t.ladder!r} not found (known: {', '.join(sorted(ladders))})")
@@ -210,6 +221,9 @@ def validate_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[PlanIssue]:
                 bad(nw, "`due_at` needs a time zone offset")
             if t.end is not None and n.due is not None and n.due > t.end:
                 bad(nw, f"node due {n.due} is after the task's end {t.end}")
+            if t.end is not None and n.due_at is not None and n.due_at.tzinfo is not None \
+                    and n.due_at > end_of_local_day(t.end, plan.timezone):
+                bad(nw, f"node due {n.due_at.isoformat()} is after the task's end {t.end}")
             if n.due is not None and n.due < plan.start:
                 bad(nw, f"node due {n.due} is before the plan's start {plan.start}")
             earlier.add(n.code)
@@ -308,5 +322,15 @@ def resolve_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[TaskSpec]:
 
 
 def estimated_calendar_years(specs: list[TaskSpec]) -> list[int]:
-    """Years used whose official holiday notice is not yet in the library: flag them."""
-    return sorted({y for s in specs for n in s.nodes for y in n.calendar_estimated})
+    """Years used whose official holiday notice is not yet in the library: flag them.
+
+    Counts node dates computed in working days, and the years of node dues whose ladders count
+    their rungs in working days (those rungs land in that year or later)."""
+    from domain.calendar import is_published, local_date
+
+    years = {y for s in specs for n in s.nodes for y in n.calendar_estimated}
+    for s in specs:
+        if any(st.after.working_days for lad in s.ladders.values() for st in lad.steps):
+            years |= {y for n in s.nodes
+                      if not is_published(y := local_date(n.due, s.timezone).year)}
+    return sorted(years)
