@@ -21,6 +21,7 @@ from rich.table import Table
 
 from domain.commands import Rejection, parse_command
 from domain.plan import PlanInvalid, TaskSpec, estimated_calendar_years, resolve_plan
+from infra.db.queries import list_tasks
 from infra.settings import get_settings
 
 app = typer.Typer(help="Duban (督办): key tasks as durable workflows.", no_args_is_help=True,
@@ -42,11 +43,19 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _store() -> Any:
+def _engine() -> Any:
     from infra.db.engine import make_engine
+    from infra.db.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url)
+    return make_engine(url)
+
+
+def _store() -> Any:
     from infra.db.store import EventStore
 
-    return EventStore(make_engine(get_settings().database_url))
+    return EventStore(_engine())
 
 
 async def _client() -> Any:
@@ -188,8 +197,8 @@ def task_list(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Tasks from the read model, most urgent first."""
-    rows = _store().list_tasks(plan_code=plan, task_code=task, unit_code=unit, parent_unit=parent,
-                               light=light, status=status, limit=limit)
+    rows = list_tasks(_engine(), plan_code=plan, task_code=task, unit_code=unit,
+                      parent_unit=parent, light=light, status=status, limit=limit)
     if as_json:
         _print_json(rows)
         return
@@ -267,7 +276,7 @@ def task_show(
 @app.command("board")
 def board(plan: Annotated[str | None, typer.Option(help="plan code")] = None) -> None:
     """挂图作战: lights per task and per township, and the completion rate."""
-    rows = _store().list_tasks(plan_code=plan, limit=1_000_000)
+    rows = list_tasks(_engine(), plan_code=plan, limit=1_000_000)
     by_task: dict[str, Counter[str]] = {}
     for r in rows:
         by_task.setdefault(f"{r['task_code']} {r['title']}", Counter())[r["light"]] += 1

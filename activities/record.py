@@ -18,6 +18,7 @@ from temporalio.client import Client
 from activities.notices import Channel, OutboxChannel, render_notice
 from domain.projection import RecordBatch
 from infra import metrics
+from infra.db.store import ReadModel as StoreReadModel
 
 log = structlog.get_logger("duban.activities")
 
@@ -33,7 +34,11 @@ class DubanActivities:
     def record_batch(self, batch: RecordBatch) -> dict[str, Any]:
         started = time.perf_counter()
         rm = batch.read_model
-        result = self.store.append(batch.task_id, batch.events, read_model=rm)
+        result = self.store.append(batch.task_id, batch.events, read_model=StoreReadModel(
+            task=rm.task.model_dump(),
+            inspections=[i.model_dump() for i in rm.inspections],
+            findings=[f.model_dump() for f in rm.findings],
+        ))
         metrics.EVENTS_RECORDED.inc(result.appended)
         for e in batch.events:
             if e["type"] == "CommandRejected":

@@ -7,12 +7,22 @@ validated here, strictly (unknown keys are refused), so a typo is an error, not 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from domain.events import Evidence, Outcome
 from domain.ladder import Severity
+
+
+def _date_or_instant(value: object) -> object:
+    """"2026-12-31" is a local date (by the end of that day), not midnight of a naive time."""
+    if isinstance(value, str) and len(value.strip()) == 10:
+        return dt.date.fromisoformat(value.strip())
+    return value
+
+
+DateOrInstant = Annotated[dt.datetime | dt.date, BeforeValidator(_date_or_instant)]
 
 
 class Command(BaseModel):
@@ -60,7 +70,7 @@ class RequestExtension(Command):
 
     node: str
     reason: str = Field(min_length=1, max_length=4000)
-    proposed_due: dt.datetime | dt.date
+    proposed_due: DateOrInstant
 
 
 class DecideExtension(Command):
@@ -68,7 +78,7 @@ class DecideExtension(Command):
 
     node: str
     approve: bool
-    granted_due: dt.datetime | dt.date | None = None
+    granted_due: DateOrInstant | None = None
     reason: str = Field("", max_length=4000)
 
 

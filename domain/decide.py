@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from domain import commands as c
 from domain import events as ev
@@ -51,8 +52,6 @@ def _instant(state: TaskState, value: dt.datetime | dt.date) -> dt.datetime:
 
 
 def _fmt(t: dt.datetime, state: TaskState) -> str:
-    from zoneinfo import ZoneInfo
-
     return t.astimezone(ZoneInfo(state.spec.timezone)).strftime("%Y-%m-%d %H:%M")
 
 

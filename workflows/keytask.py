@@ -52,6 +52,9 @@ class KeyTask:
     @workflow.init
     def __init__(self, inp: KeyTaskInput) -> None:
         self._inp = inp
+        self._events_this_run = 0
+        self._needs_tick = True  # a command arrived since the clock last looked at the state
+        self._sa_last: dict[str, Any] | None = None
         if inp.carried is not None:
             self._state: TaskState = inp.carried.state
             self._recent: list[dict[str, Any]] = list(inp.carried.recent)
@@ -64,8 +67,6 @@ class KeyTask:
             self._recorded_seq = 0
             self._unrecorded = []
             self._push(first)
-        self._events_this_run = 0
-        self._sa_last: dict[str, Any] | None = None
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -87,11 +88,13 @@ class KeyTask:
                                     recorded_seq=self._recorded_seq),
                     continue_after_events=inp.continue_after_events,
                 ))
+            if self._needs_tick:
+                continue  # commands came in while recording: let the clock see them first
             now = workflow.now()
             wake = next_wakeup(self._state, now)
             timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
             with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(lambda: bool(self._unrecorded), timeout=timeout,
+                await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
                                               timeout_summary="next deadline or ladder rung")
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
@@ -118,6 +121,7 @@ class KeyTask:
             self._push(e)
 
     def _tick(self) -> None:
+        self._needs_tick = False
         draw = workflow.random().randint(0, 99)
         self._emit(tick(self._state, workflow.now(), draw))
 
@@ -169,6 +173,7 @@ class KeyTask:
 
     def _apply(self, name: str, payload: object) -> list[ev.Event] | Rejection:
         """Decide one command; a refusal is itself recorded, and changes nothing else."""
+        self._needs_tick = True
         now = workflow.now()
         cmd = parse_command(name, payload)
         result: list[ev.Event] | Rejection = (
@@ -194,6 +199,7 @@ class KeyTask:
         try:
             payload = self._decode(args)
         except Exception as exc:  # noqa: BLE001 - anything undecodable is a malformed command
+            self._needs_tick = True
             self._emit([reject(self._state, name, "unknown",
                                Rejection(code="malformed", reason=f"undecodable payload: {exc}"),
                                "", workflow.now())])
