@@ -447,6 +447,18 @@ def verify(task_id: TaskArg, actor: ActorOpt,
                                                "passed": passed, "note": note}, signal)
 
 
+@app.command("recheck")
+def recheck(task_id: TaskArg, actor: ActorOpt,
+            passed: Annotated[bool, typer.Option("--pass/--fail")],
+            visited_at: Annotated[str | None, typer.Option(help="ISO time; default now")] = None,
+            node: Annotated[list[str] | None, typer.Option("--node", help="node(s) found not done")] = None,
+            note: NoteOpt = "", signal: SignalOpt = False) -> None:
+    """回头看: a supervisor's re-inspection of a completed task drawn for it."""
+    _command("recheck", task_id, {
+        "actor": actor, "visited_at": visited_at or dt.datetime.now(dt.UTC).isoformat(),
+        "passed": passed, "nodes": node or [], "note": note}, signal)
+
+
 # --- store -----------------------------------------------------------------------------------
 
 @store_app.command("init")
