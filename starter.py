@@ -12,7 +12,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,7 +38,7 @@ err = Console(stderr=True)
 LIGHT_STYLE = {"green": "green", "yellow": "yellow", "red": "bold red"}
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def _fail(msg: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(code)
 
@@ -407,23 +407,68 @@ def _parse_finding(text: str) -> dict[str, Any]:
 
 @app.command("inspect")
 def inspect(
-    task_id: TaskArg, actor: ActorOpt,
-    inspection_id: Annotated[str, typer.Option("--id", help="inspection id (unique per task)")],
-    place: Annotated[str, typer.Option()],
-    outcome: Annotated[str, typer.Option(help="达标 | 基本达标 | 不达标")],
+    target: Annotated[str, typer.Argument(help="task id (PLAN/TASK/UNIT), or `import`")],
+    file: Annotated[Path | None, typer.Argument(help="with `import`: the team's .csv/.xlsx")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="the inspector (督查组)")] = None,
+    inspection_id: Annotated[str | None, typer.Option("--id", help="inspection id (unique per task)")] = None,
+    place: Annotated[str | None, typer.Option()] = None,
+    outcome: Annotated[str | None, typer.Option(help="达标 | 基本达标 | 不达标")] = None,
     visited_at: Annotated[str | None, typer.Option(help="ISO time of the visit; default now")] = None,
     node: Annotated[list[str] | None, typer.Option("--node", help="node(s) inspected")] = None,
     finding: Annotated[list[str] | None, typer.Option(
         "--finding", help="'severity:description', severity 一般|较重|严重")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="with `import`: per-row verdicts as JSON")] = False,
     signal: SignalOpt = False,
 ) -> None:
-    """四不两直: record an unannounced inspection's result (supervisor)."""
+    """四不两直: record one inspection's result, or `inspect import FILE` for a whole round.
+
+    The sheet has one row per finding (columns 任务ID, 检查编号, 督查人, 检查时间, 地点, 检查节点,
+    结果, 问题编号, 严重程度, 问题描述, 问题节点, 证据SHA256, 定位); each row gets a verdict, and
+    importing the same sheet twice records nothing twice."""
+    if target == "import":
+        if file is None:
+            _fail("inspect import needs a FILE (.csv or .xlsx)")
+        _import_inspections(file, as_json)
+        return
+    if file is not None:
+        _fail(f"unexpected argument {file} (did you mean `inspect import {file}`?)")
+    missing = [n for n, v in (("--actor", actor), ("--id", inspection_id), ("--place", place),
+                              ("--outcome", outcome)) if not v]
+    if missing:
+        _fail(f"inspect {target}: missing {', '.join(missing)}")
     visited = visited_at or dt.datetime.now(dt.UTC).isoformat()
-    _command("inspect", task_id, {
+    _command("inspect", target, {
         "actor": actor, "inspection_id": inspection_id, "visited_at": visited, "place": place,
         "outcome": outcome, "nodes": node or [],
         "findings": [_parse_finding(f) for f in finding or []],
     }, signal)
+
+
+def _import_inspections(file: Path, as_json: bool) -> None:
+    from infra.inspection_import import import_inspections
+
+    async def go() -> Any:
+        return await import_inspections(await _client(), file)
+
+    try:
+        verdicts = asyncio.run(go())
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json([v.__dict__ for v in verdicts])
+    else:
+        table = Table(title=f"{file}: {len(verdicts)} row(s)")
+        for col in ("row", "task", "inspection", "verdict", "reason"):
+            table.add_column(col)
+        style = {"accepted": "green", "rejected": "red", "already recorded": "yellow"}
+        for v in verdicts:
+            table.add_row(str(v.row), v.task_id, v.inspection_id,
+                          f"[{style[v.verdict]}]{v.verdict}[/]", v.reason)
+        out.print(table)
+    counts = Counter(v.verdict for v in verdicts)
+    err.print(", ".join(f"{k}: {n}" for k, n in sorted(counts.items())))
+    if counts["rejected"]:
+        raise typer.Exit(1)
 
 
 @app.command("rectify")

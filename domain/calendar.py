@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import holidays
 from holidays.countries.china import China, ChinaStaticHolidays
 
 DEFAULT_TZ = "Asia/Shanghai"
 
 
-@lru_cache(maxsize=8)
-def _china(year: int) -> holidays.HolidayBase:
-    cal: holidays.HolidayBase = China(years=year)  # type: ignore[no-untyped-call]
-    return cal
+FIRST_YEAR, LAST_YEAR = 2000, 2040
+
+
+def _load() -> tuple[frozenset[dt.date], frozenset[dt.date]]:
+    # Loaded once, at import: workflows run this module inside Temporal's sandbox, where the
+    # library's lazy per-year set-up (gettext → locale) is not allowed.
+    cal = China(years=range(FIRST_YEAR, LAST_YEAR + 1))  # type: ignore[no-untyped-call]
+    days_off = frozenset(d for d in cal if isinstance(d, dt.date))
+    working_weekends = frozenset(d for d in cal.weekend_workdays
+                                 if FIRST_YEAR <= d.year <= LAST_YEAR)
+    return days_off, working_weekends
+
+
+_DAYS_OFF, _WORKING_WEEKENDS = _load()
 
 
 def published_years() -> frozenset[int]:
@@ -35,8 +43,12 @@ def is_published(year: int) -> bool:
 
 
 def is_working_day(day: dt.date) -> bool:
-    cal = _china(day.year)
-    return bool(cal.is_working_day(day))
+    """工作日: a weekday that is no holiday, or a weekend day made a working day (调休)."""
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise ValueError(f"{day}: the working-day calendar covers {FIRST_YEAR}–{LAST_YEAR}")
+    if day in _WORKING_WEEKENDS:
+        return True
+    return day.weekday() < 5 and day not in _DAYS_OFF
 
 
 @dataclass(frozen=True)

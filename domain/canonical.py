@@ -60,12 +60,16 @@ def _needs_reference_encoder(obj: object) -> bool:
             continue
         if kind is int or isinstance(value, int):
             if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-                raise CanonicalError(f"integer {value} at {_path(obj, value)} is outside ±(2**53-1)")
+                raise CanonicalError(
+                    f"integer {value} at {_path(obj, value)} is outside ±(2**53-1)"
+                )
             continue
         if isinstance(value, dict):
             for key in value:
                 if not isinstance(key, str):
-                    raise CanonicalError(f"object key {key!r} at {_path(obj, value)} is not a string")
+                    raise CanonicalError(
+                        f"object key {key!r} at {_path(obj, value)} is not a string"
+                    )
                 if not key.isascii() and max(key) > "\uffff":
                     slow = True
             stack.extend(value.values())

@@ -163,6 +163,8 @@ def _decide_extension(o: _Out, cmd: c.DecideExtension) -> c.Rejection | None:
         return n
     if n.pending_extension is None:
         return _no("not_allowed", f"node {n.code} has no pending extension request")
+    if n.status == "done":
+        return _no("not_allowed", f"node {n.code} is already done; no extension to decide")
     granted = None
     if cmd.approve:
         granted = (_instant(s, cmd.granted_due) if cmd.granted_due is not None
@@ -264,7 +266,8 @@ def _recheck(o: _Out, cmd: c.RecordRecheck) -> c.Rejection | None:
     if cmd.passed:
         o.add(ev.TaskClosed, reason="回头看 passed")
         return None
-    reopen = cmd.nodes or tuple(n.code for n in s.nodes if n.kind == "milestone")
+    reopen = (cmd.nodes or tuple(n.code for n in s.nodes if n.kind == "milestone")
+              or tuple(n.code for n in s.nodes))
     within = main_ladder(s).reopen_within
     for code in reopen:
         o.add(ev.NodeReopened, node=code, reason="回头看 found it not done",

@@ -53,7 +53,9 @@ def evolve(state: TaskState | None, event: ev.Event) -> TaskState:
 def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch per event type
     match e:
         case ev.Acknowledged():
-            return s.model_copy(update={"status": "acknowledged", "acknowledged_at": e.at})
+            # 签收 late (after work began) records the time but never moves the status back
+            status = "acknowledged" if s.status == "assigned" else s.status
+            return s.model_copy(update={"status": status, "acknowledged_at": e.at})
         case ev.ProgressReported():
             upd: dict[str, object] = {"progress": e.percent, "progress_at": e.at}
             if s.status in ("assigned", "acknowledged"):
@@ -63,7 +65,7 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
                 node = s.node(e.meets_report_node)
                 on_time = node is not None and e.at <= node.due
                 s = _node(s, e.meets_report_node, status="done", done_at=e.at, on_time=on_time,
-                          claimed_at=e.at, claimed_by=e.actor)
+                          claimed_at=e.at, claimed_by=e.actor, false_report_at=None)
             return s
         case ev.NodeClaimed():
             s = s.model_copy(update=_working(s))
@@ -72,7 +74,7 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
             return _node(s, e.node, status="open", claimed_at=None, claimed_by=None)
         case ev.NodeAccepted():
             return _node(s, e.node, status="done", done_at=e.at, on_time=e.on_time,
-                         false_report_at=None)
+                         false_report_at=None, pending_extension=None)
         case ev.ExtensionRequested():
             pending = PendingExtension(requested_at=e.at, requested_by=e.actor,
                                        proposed_due=e.proposed_due, reason=e.reason)
@@ -112,9 +114,12 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
             return _finding(s, e.finding_id, status="open", reported_at=None,
                             sent_back=f.sent_back + 1)
         case ev.FalseReportFound():
+            node = s.node(e.node)
+            assert node is not None
             s = s.model_copy(update={**_working(s), "false_reports": s.false_reports + 1})
             return _node(s, e.node, status="open", claimed_at=None, claimed_by=None, done_at=None,
-                         on_time=None, false_report_at=e.at, false_fired=())
+                         on_time=None, false_report_at=e.at, false_fired=(),
+                         false_cycle=node.false_cycle + 1)
         case ev.NodeReopened():
             node = s.node(e.node)
             assert node is not None

@@ -55,7 +55,7 @@ def active_targets(state: TaskState) -> list[Target]:
         if n.false_report_at is not None and n.status != "done":
             lad = spec.ladders[main.false_report_ladder]
             out.append(Target("false_report", n.code, n.false_report_at, lad, lad.steps,
-                              n.false_fired, n.cycle))
+                              n.false_fired, n.false_cycle))
     rect = spec.ladders[main.rectification_ladder]
     for f in state.findings:
         if f.status == "open" and f.deadline is not None:
@@ -187,8 +187,10 @@ def next_wakeup(state: TaskState, now: dt.datetime) -> dt.datetime | None:
     for tgt in active_targets(state):
         for step in tgt.steps:
             if step.code not in tgt.fired:
-                cands.append(rung_time(state, tgt, step)[0])
-                break
+                at = rung_time(state, tgt, step)[0]
+                if at > now:  # a rung already due is the caller's to fire; look past it
+                    cands.append(at)
+                    break
     for t in (state.recheck_due, state.recheck_until):
         if t is not None:
             cands.append(t)

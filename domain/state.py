@@ -43,6 +43,7 @@ class NodeState(S):
     fired: tuple[str, ...] = ()
     false_report_at: dt.datetime | None = None
     false_fired: tuple[str, ...] = ()
+    false_cycle: int = 0  # bumps with each 虚报 found, so its rungs fire once per finding
 
 
 class FindingState(S):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -41,6 +42,31 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+WORKFLOW_QUEUE = "keytask-tests"
+
+
+@pytest.fixture(scope="session")
+def wf_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The event store the workflow tests' worker records into (SQLite, fresh per session)."""
+    from infra.db.engine import make_engine
+    from infra.db.migrate import upgrade
+    from infra.db.store import EventStore
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('wfstore') / 'duban.db'}"
+    upgrade(url)
+    return EventStore(make_engine(url))
+
+
+@pytest.fixture(scope="session")
+async def worker(ts_env: WorkflowEnvironment, wf_store: Any) -> AsyncIterator[None]:
+    """One worker for every time-skipping test: one queue, one store, so a workflow left running
+    by one test module is never recorded into another module's store."""
+    from worker import running_worker
+
+    async with running_worker(ts_env.client, wf_store, WORKFLOW_QUEUE):
+        yield
 
 
 @dataclass

@@ -5,44 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from infra.db.store import EventStore
+from tests.conftest import WORKFLOW_QUEUE as QUEUE
 from tests.scenario import make_spec
 from workflows.inputs import KeyTaskInput
 from workflows.keytask import WORKFLOW_NAME
 from workflows.search import initial_search_attributes
 
-with __import__("temporalio").workflow.unsafe.imports_passed_through():
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
-    from infra.db.store import EventStore
-
-QUEUE = "keytask-tests"
 TIMER_SLACK = dt.timedelta(seconds=1)
 
 
 def near(at: str, expected: dt.datetime) -> bool:
     return dt.timedelta(0) <= ts(at) - expected < TIMER_SLACK
-
-
-@pytest.fixture(scope="module")
-async def store(tmp_path_factory: pytest.TempPathFactory) -> EventStore:
-    url = f"sqlite:///{tmp_path_factory.mktemp('wfstore') / 'duban.db'}"
-    upgrade(url)
-    return EventStore(make_engine(url))
-
-
-@pytest.fixture(scope="module")
-async def worker(ts_env: WorkflowEnvironment, store: EventStore) -> AsyncIterator[None]:
-    from worker import running_worker
-
-    async with running_worker(ts_env.client, store, QUEUE):
-        yield
 
 
 async def start(env: WorkflowEnvironment, **kw: Any) -> tuple[WorkflowHandle[Any, Any], Any]:
@@ -72,7 +52,7 @@ async def update(handle: WorkflowHandle[Any, Any], name: str, **payload: Any) ->
 
 
 async def test_task_done_on_time_escalates_nothing(ts_env: WorkflowEnvironment, worker: None,
-                                                   store: EventStore) -> None:
+                                                   wf_store: EventStore) -> None:
     handle, spec = await start(ts_env)
     await update(handle, "acknowledge", actor="unit.member")
     await ts_env.sleep(dt.timedelta(days=2))
@@ -85,7 +65,7 @@ async def test_task_done_on_time_escalates_nothing(ts_env: WorkflowEnvironment, 
     await update(handle, "accept", actor="lead.head", node="N2")
     result = await handle.result()
     assert result["status"] == "closed"
-    evts = [s.event for s in store.load(spec.task_id)]
+    evts = [s.event for s in wf_store.load(spec.task_id)]
     assert not of_type(evts, "EscalationFired")
     assert [e["type"] for e in evts][-2:] == ["TaskCompleted", "TaskClosed"]
     assert of_type(evts, "TaskCompleted")[0]["on_time"] is True
@@ -93,7 +73,7 @@ async def test_task_done_on_time_escalates_nothing(ts_env: WorkflowEnvironment, 
 
 
 async def test_late_task_gets_every_rung_at_the_exact_time(ts_env: WorkflowEnvironment,
-                                                           worker: None, store: EventStore) -> None:
+                                                           worker: None, wf_store: EventStore) -> None:
     handle, spec = await start(ts_env, due_days=(5,), progress=(100,))
     due = spec.nodes[0].due
     ladder = spec.ladders[spec.ladder]
@@ -109,7 +89,7 @@ async def test_late_task_gets_every_rung_at_the_exact_time(ts_env: WorkflowEnvir
         assert dt.timedelta(0) <= ts(f["at"]) - expected[f["step"]] < TIMER_SLACK, f["step"]
     state = await handle.query("state")
     assert state["light"] == "red" and state["level"] == 5
-    notices = store.list_notices(spec.task_id)
+    notices = wf_store.list_notices(spec.task_id)
     assert sorted(n["step_key"] for n in notices) == sorted(f["step_key"] for f in fired)
     assert any("督办单" in n["document"] for n in notices)
 
@@ -179,7 +159,7 @@ async def test_invalid_update_is_rejected_with_reason(ts_env: WorkflowEnvironmen
 
 
 async def test_hundred_malformed_signals_are_recorded_and_harmless(
-        ts_env: WorkflowEnvironment, worker: None, store: EventStore) -> None:
+        ts_env: WorkflowEnvironment, worker: None, wf_store: EventStore) -> None:
     handle, spec = await start(ts_env)
     bad: list[tuple[str, Any]] = []
     for i in range(100):
@@ -209,7 +189,7 @@ async def test_hundred_malformed_signals_are_recorded_and_harmless(
 
 
 async def test_continue_as_new_keeps_state(ts_env: WorkflowEnvironment, worker: None,
-                                           store: EventStore) -> None:
+                                           wf_store: EventStore) -> None:
     handle, spec = await start(ts_env, continue_after_events=4)
     first_run = (await handle.describe()).run_id
     await update(handle, "acknowledge", actor="unit.member")
@@ -226,7 +206,7 @@ async def test_continue_as_new_keeps_state(ts_env: WorkflowEnvironment, worker: 
     assert state["progress"] == 50 and state["acknowledged_at"] is not None
     assert state["nodes"][0]["status"] == "claimed"
     await update(latest, "accept", actor="supervisor", node="N1")
-    stored = [s.event for s in store.load(spec.task_id)]
+    stored = [s.event for s in wf_store.load(spec.task_id)]
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
     assert stored[-1]["type"] == "NodeAccepted" or (await latest.query("state"))["last_seq"] >= stored[-1]["seq"]
-    assert len(store.list_archives(spec.task_id)) >= 1
+    assert len(wf_store.list_archives(spec.task_id)) >= 1

@@ -238,6 +238,16 @@ class KeyTask:
         out["recorded_seq"] = self._recorded_seq
         return out
 
+    @workflow.query(name="check")
+    def query_check(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """What `name` with `payload` would get, decided on the current state, changing nothing:
+        lets a bulk import refuse a bad row without recording an attempt."""
+        cmd = parse_command(name, payload)
+        result = cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, workflow.now())
+        if isinstance(result, Rejection):
+            return {"ok": False, "code": result.code, "reason": result.reason}
+        return {"ok": True, "events": [type(e).__name__ for e in result]}
+
     @workflow.query(name="events")
     def query_events(self, since_seq: int = 0) -> list[dict[str, Any]]:
         return [e for e in self._recent if int(e["seq"]) > since_seq]

@@ -1,0 +1,227 @@
+"""SQLAlchemy models of the store; portable between SQLite (default) and PostgreSQL.
+
+`events` is the record (append-only, hash-chained); `tasks`, `inspections` and `findings` are
+read models rebuilt from it at will; `notices` and `outbox` make side effects at-most-once;
+`archives` keeps engine histories beyond Temporal's retention.
+
+The migration in migrations/versions must match these models (a test compares them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UTC = dt.UTC
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite has no time zones: SQLAlchemy would store an aware value's wall-clock digits and
+    drop the offset, so values are converted to UTC first and marked UTC again when read.
+    Naive values are refused rather than guessed (deadlines are legal facts). ISO strings are
+    accepted because read models are often built from JSON-mode dumps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} (a time zone is required)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        moment: dt.datetime = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        if moment.tzinfo is None:  # SQLite hands back the UTC wall clock, naive
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+# Deterministic constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class EventRow(Base):
+    """One domain event. `payload` is the event exactly as the domain produced it, stored as
+    its canonical JSON text; the other columns are copies for querying and are checked
+    against the payload by `EventStore.verify`. Never updated or deleted."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("task_id", "seq", name="uq_events_task_seq"),
+        # With the unique key this makes every possible edit of `seq` visible as a break at
+        # that event's own position (values below 1 would sort before seq 1).
+        CheckConstraint("seq >= 1", name="seq_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(200), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(100))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    schema_version: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TaskRow(Base):
+    """Read model: one row per task (task × responsible unit), for the board."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_plan_light", "plan_code", "light"),
+        Index("ix_tasks_unit", "unit_code"),
+        Index("ix_tasks_light", "light"),
+        Index("ix_tasks_status", "status"),
+    )
+
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(String(100))
+    task_code: Mapped[str] = mapped_column(String(100))
+    unit_code: Mapped[str] = mapped_column(String(100))
+    parent_unit: Mapped[str | None] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(Text)
+    lead_unit: Mapped[str | None] = mapped_column(String(100))
+    ladder: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(40))
+    light: Mapped[str] = mapped_column(String(10))
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    next_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    nodes: Mapped[list[Any]] = mapped_column(JSON)
+    open_findings: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class InspectionRow(Base):
+    """Read model: 四不两直 visits recorded on a task."""
+
+    __tablename__ = "inspections"
+
+    inspection_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    inspector: Mapped[str] = mapped_column(String(200))
+    visited_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    place: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(40))
+    nodes: Mapped[list[Any]] = mapped_column(JSON)
+    findings_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FindingRow(Base):
+    """Read model: findings (问题清单) and their rectification state."""
+
+    __tablename__ = "findings"
+
+    finding_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    inspection_id: Mapped[str | None] = mapped_column(String(100))
+    severity: Mapped[str] = mapped_column(String(40))
+    description: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(40))
+    deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    evidence: Mapped[list[Any]] = mapped_column(JSON)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class NoticeRow(Base):
+    """A 督办单 issued. Unique (task_id, step_key): a notice exists at most once per step."""
+
+    __tablename__ = "notices"
+    __table_args__ = (UniqueConstraint("task_id", "step_key", name="uq_notices_task_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(200))
+    step_key: Mapped[str] = mapped_column(String(200))
+    node: Mapped[str | None] = mapped_column(String(100))
+    ladder: Mapped[str] = mapped_column(String(100))
+    step: Mapped[str] = mapped_column(String(100))
+    level: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    document: Mapped[str] = mapped_column(Text)
+    reply_by: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutboxRow(Base):
+    """A message to send. Unique per (task, step, channel, recipient): sent at most once."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint(
+            "task_id", "step_key", "channel", "recipient", name="uq_outbox_task_step_to"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(200))
+    step_key: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(50))
+    recipient: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ArchiveRow(Base):
+    """A workflow run's full engine history, kept after Temporal's retention deletes it.
+    `history` is the exact JSON text (`temporal workflow show --output json`); `sha256` is over
+    that text so the archive itself is tamper-evident."""
+
+    __tablename__ = "archives"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(200), index=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    run_id: Mapped[str] = mapped_column(String(100), unique=True)
+    reason: Mapped[str] = mapped_column(String(40))
+    history: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    event_count: Mapped[int] = mapped_column(Integer)
+    archived_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+metadata = Base.metadata

@@ -1,0 +1,171 @@
+"""Bulk import of 四不两直 inspection results from the sheet a team fills in after a round.
+
+One row per finding (问题); rows sharing a task and an inspection number make one inspection.
+A row without a finding records an inspection with no problems. Every row gets a verdict:
+accepted, rejected (with the reason), or already recorded — so importing the same sheet twice
+records nothing twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domain.commands import Rejection, parse_command
+
+# header (Chinese as printed on the sheet, or English) -> field
+COLUMNS: dict[str, str] = {
+    "任务ID": "task_id", "task_id": "task_id",
+    "检查编号": "inspection_id", "inspection_id": "inspection_id",
+    "督查人": "actor", "inspector": "actor", "actor": "actor",
+    "检查时间": "visited_at", "visited_at": "visited_at",
+    "地点": "place", "place": "place",
+    "检查节点": "nodes", "nodes": "nodes",
+    "结果": "outcome", "outcome": "outcome",
+    "问题编号": "finding_id", "finding_id": "finding_id",
+    "严重程度": "severity", "severity": "severity",
+    "问题描述": "description", "description": "description",
+    "问题节点": "finding_node", "finding_node": "finding_node",
+    "证据SHA256": "evidence", "evidence": "evidence",
+    "定位": "geo", "geo": "geo",
+}
+REQUIRED = ("task_id", "inspection_id", "actor", "visited_at", "place", "outcome")
+
+
+@dataclass
+class RowVerdict:
+    row: int
+    task_id: str
+    inspection_id: str
+    verdict: str  # accepted | rejected | already recorded
+    reason: str = ""
+
+
+@dataclass
+class Group:
+    task_id: str
+    inspection_id: str
+    rows: list[int] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(sheet row number, field -> text) for every non-empty row of a .csv or .xlsx."""
+    if path.suffix.lower() == ".xlsx":
+        from openpyxl import load_workbook
+
+        wb = load_workbook(path, read_only=True, data_only=True)
+        ws = wb.worksheets[0]
+        raw = [[_cell(v) for v in r] for r in ws.iter_rows(values_only=True)]
+        wb.close()
+    elif path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            raw = [[c.strip() for c in r] for r in csv.reader(fh)]
+    else:
+        raise ValueError(f"{path}: expected a .csv or .xlsx file")
+    if not raw:
+        raise ValueError(f"{path}: the sheet is empty")
+    headers = [COLUMNS.get(h.strip(), "") for h in raw[0]]
+    missing = [c for c in REQUIRED if c not in headers]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
+                         f"(headers: {', '.join(raw[0])})")
+    rows = []
+    for number, values in enumerate(raw[1:], start=2):
+        if not any(values):
+            continue
+        rows.append((number, {h: v for h, v in zip(headers, values, strict=False) if h}))
+    return rows
+
+
+def group_rows(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Group], list[RowVerdict]]:
+    """Inspections to send, and the verdicts of rows refused before anything is sent."""
+    groups: dict[tuple[str, str], Group] = {}
+    refused: list[RowVerdict] = []
+    for number, r in rows:
+        task_id, iid = r.get("task_id", ""), r.get("inspection_id", "")
+        blank = [c for c in REQUIRED if not r.get(c)]
+        if blank:
+            refused.append(RowVerdict(number, task_id, iid, "rejected",
+                                      f"row {number}: empty {', '.join(blank)}"))
+            continue
+        g = groups.get((task_id, iid))
+        header = {"actor": r["actor"], "inspection_id": iid, "visited_at": r["visited_at"],
+                  "place": r["place"], "outcome": r["outcome"],
+                  "nodes": [n.strip() for n in r.get("nodes", "").replace("，", ",").split(",")
+                            if n.strip()]}
+        if g is None:
+            g = groups[(task_id, iid)] = Group(task_id, iid, payload={**header, "findings": []})
+        elif {k: g.payload[k] for k in header} != header:
+            g.error = (f"row {number}: inspection {iid} rows disagree on inspector, time, "
+                       f"place, nodes or outcome")
+        g.rows.append(number)
+        if r.get("description") or r.get("severity"):
+            evidence = [{"sha256": h.strip().lower(), **({"geo": r["geo"]} if r.get("geo") else {})}
+                        for h in r.get("evidence", "").replace("，", ",").split(",") if h.strip()]
+            finding: dict[str, Any] = {"severity": r.get("severity", ""),
+                                       "description": r.get("description", ""),
+                                       "evidence": evidence}
+            if r.get("finding_id"):
+                finding["finding_id"] = r["finding_id"]
+            if r.get("finding_node"):
+                finding["node"] = r["finding_node"]
+            g.payload["findings"].append(finding)
+    for g in groups.values():
+        if g.error is None:
+            parsed = parse_command("inspect", g.payload)
+            if isinstance(parsed, Rejection):
+                g.error = parsed.reason
+    return list(groups.values()), refused
+
+
+async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
+    """Validate every row, send each inspection as a validated update, report per row."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError
+
+    groups, verdicts = group_rows(read_rows(path))
+    for g in groups:
+        def mark(verdict: str, reason: str = "", g: Group = g) -> None:
+            verdicts.extend(RowVerdict(n, g.task_id, g.inspection_id, verdict, reason)
+                            for n in g.rows)
+
+        if g.error is not None:
+            mark("rejected", g.error)
+            continue
+        handle = client.get_workflow_handle(g.task_id)
+        try:
+            state = await handle.query("state")
+        except RPCError as exc:
+            mark("rejected", f"unknown task {g.task_id!r}: {exc.message}")
+            continue
+        if any(i["inspection_id"] == g.inspection_id for i in state.get("inspections", [])):
+            mark("already recorded", "this inspection is on the task already; nothing sent")
+            continue
+        check = await handle.query("check", args=["inspect", g.payload])
+        if not check["ok"]:
+            mark("rejected", check["reason"])
+            continue
+        try:
+            await handle.execute_update("inspect", g.payload)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            mark("rejected", str(getattr(cause, "message", None) or cause or exc))
+            continue
+        except RPCError as exc:
+            mark("rejected", exc.message)
+            continue
+        mark("accepted")
+    return sorted(verdicts, key=lambda v: v.row)
