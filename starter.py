@@ -32,6 +32,15 @@ store_app = typer.Typer(help="The event store: schema, rebuild.", no_args_is_hel
 app.add_typer(plan_app, name="plan")
 app.add_typer(task_app, name="task")
 app.add_typer(store_app, name="store")
+
+
+def _add_audit() -> None:
+    from infra.audit.cli import audit_app
+
+    app.add_typer(audit_app, name="audit")
+
+
+_add_audit()
 out = Console()
 err = Console(stderr=True)
 

@@ -1,0 +1,1 @@
+"""The auditor's tools (审计): replay, verify, timelines, rule checks, checkpoints, exports."""
