@@ -49,7 +49,6 @@ async def main(settings: Settings | None = None) -> None:
     from infra.db.engine import make_engine
     from infra.db.migrate import upgrade
     from infra.db.store import EventStore
-
     from infra.logging import configure_logging, get_logger
     from infra.metrics import start_metrics_server
     from infra.temporal_client import connect
