@@ -525,6 +525,40 @@ def store_init() -> None:
     out.print(f"store ready: {url.split('@')[-1]}")
 
 
+@store_app.command("rebuild")
+def store_rebuild(
+    task: Annotated[list[str] | None, typer.Option("--task", help="only these task ids")] = None,
+    check: Annotated[bool, typer.Option("--check", help="compare only; write nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+) -> None:
+    """Rebuild the read models (tasks, inspections, findings) from the events alone.
+
+    --check compares them with the stored rows instead and exits 1 on any difference."""
+    from infra.audit.rebuild import rebuild
+
+    results = rebuild(_store(), task or None, check=check)
+    bad = [r for r in results if not r.ok]
+    if as_json:
+        sys.stdout.write(json.dumps({"check": check, "tasks": len(results), "ok": not bad,
+                                     "results": [r.to_json() for r in results]},
+                                    ensure_ascii=False, indent=2) + "\n")
+    else:
+        for r in results:
+            if r.error:
+                err.print(f"[red]{r.task_id}[/red]: {r.error}", highlight=False)
+            elif r.differences:
+                verb = "rebuilt" if r.written else "differs"
+                style = "yellow" if r.written else "red"
+                out.print(f"[{style}]{r.task_id}[/{style}] {verb}:", highlight=False)
+                for d in r.differences:
+                    out.print(f"  {d}", highlight=False, markup=False)
+        written = sum(r.written for r in results)
+        out.print(f"{len(results)} task(s): {len(bad)} with problems"
+                  + ("" if check else f", {written} rewritten"), highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -18,6 +18,7 @@ from temporalio.client import Client
 from activities.notices import Channel, OutboxChannel, render_notice
 from domain.projection import RecordBatch
 from infra import metrics
+from infra.db.store import ArchiveConflictError
 from infra.db.store import ReadModel as StoreReadModel
 
 log = structlog.get_logger("duban.activities")
@@ -76,4 +77,9 @@ class DubanActivities:
             raise RuntimeError("archive_history needs a Temporal client")
         history = await self.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         text = history.to_json()
-        return bool(self.store.archive_history(task_id, workflow_id, run_id, reason, text))
+        try:
+            return bool(self.store.archive_history(task_id, workflow_id, run_id, reason, text))
+        except ArchiveConflictError:
+            # Archived before by this run (its history has grown since): keep the longer one;
+            # the store checks the old one is its exact prefix, else this raises again.
+            return bool(self.store.supersede_archive(run_id, text))

@@ -32,6 +32,9 @@ WORKFLOW_NAME = "KeyTask"
 RECORD_ACTIVITY = "record_batch"
 ARCHIVE_ACTIVITY = "archive_history"
 RECENT_EVENTS_KEPT = 500
+# Patches (workflow.patched): each guards a change in the commands the workflow emits, so the
+# histories of earlier versions (tests/histories/) still replay.
+DRAIN_PATCH = "drain-after-archive"
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(minutes=5))
 
@@ -82,6 +85,8 @@ class KeyTask:
                 self._tick()
                 await self._flush()
                 await self._archive("continued_as_new")
+                if workflow.patched(DRAIN_PATCH):
+                    await self._drain()
                 workflow.continue_as_new(KeyTaskInput(
                     spec=self._state.spec,
                     carried=Carried(state=self._state, recent=self._recent[-RECENT_EVENTS_KEPT:],
@@ -99,8 +104,19 @@ class KeyTask:
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
         await self._archive("closed")
+        if workflow.patched(DRAIN_PATCH):
+            await self._drain()
         return {"task_id": self._state.task_id, "status": self._state.status,
                 "last_seq": self._state.last_seq}
+
+    async def _drain(self) -> None:
+        """Record what commands decided while the run archived itself: without this, a command
+        arriving during the last activity was answered but never stored (seq lost at
+        continue-as-new, a refusal lost at close)."""
+        while self._unrecorded or not workflow.all_handlers_finished():
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            self._tick()
+            await self._flush()
 
     def _should_continue(self) -> bool:
         limit = self._inp.continue_after_events

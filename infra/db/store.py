@@ -790,6 +790,41 @@ class EventStore:
             return False
         raise ArchiveConflictError(run_id)
 
+    def supersede_archive(self, run_id: str, history_json: str) -> bool:
+        """Replace a run's archive by a longer history of the same run (e.g. the complete one,
+        fetched after the run closed, for one archived by its own last activity). Only if the
+        stored archive is intact and its events are exactly the first events of the new one;
+        ArchiveConflictError otherwise, and nothing changes. True if replaced."""
+        existing = self.load_archive(run_id)
+        if existing is None:
+            raise ValueError(f"run {run_id} has no archive to supersede")
+        parsed = json.loads(history_json)
+        new_events = parsed.get("events") if isinstance(parsed, dict) else parsed
+        old = json.loads(existing.history)
+        old_events = old.get("events") if isinstance(old, dict) else old
+        if (
+            not existing.intact
+            or not isinstance(new_events, list)
+            or not isinstance(old_events, list)
+            or len(new_events) <= len(old_events)
+            or new_events[: len(old_events)] != old_events
+        ):
+            raise ArchiveConflictError(run_id)
+        stmt = (
+            update(archives_t)
+            .where(archives_t.c.run_id == run_id, archives_t.c.sha256 == existing.sha256)
+            .values(
+                history=history_json,
+                sha256=hashlib.sha256(history_json.encode("utf-8")).hexdigest(),
+                event_count=len(new_events),
+                archived_at=utcnow(),
+            )
+        )
+        with self._write() as conn:
+            if conn.execute(stmt).rowcount != 1:  # replaced concurrently: look again
+                raise ArchiveConflictError(run_id)
+        return True
+
     def load_archive(
         self, run_id: str | None = None, *, task_id: str | None = None
     ) -> ArchiveRecord | None:
