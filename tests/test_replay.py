@@ -27,7 +27,11 @@ from tests.histories.record_histories import SCENARIOS, drive
 from tests.scenario import ladders
 
 HISTORY_DIR = Path(__file__).parent / "histories"
-HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
+HISTORIES = sorted(HISTORY_DIR.glob("v*/*.json"))  # every released workflow version
+
+
+def key(p: Path) -> str:
+    return f"{p.parent.name}/{p.stem}"
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +39,17 @@ async def replayed() -> dict[str, RunReplay]:
     """Every recorded history replayed once with the current KeyTask (one Replayer)."""
     items = [(history_from_json(p.read_text(encoding="utf-8")), "file") for p in HISTORIES]
     runs = await replay_histories(items)  # type: ignore[arg-type]
-    return {p.stem: run for p, run in zip(HISTORIES, runs, strict=True)}
+    return {key(p): run for p, run in zip(HISTORIES, runs, strict=True)}
 
 
 def test_there_are_recorded_histories() -> None:
-    names = {p.stem for p in HISTORIES}
-    assert {f"keytask-{s}" for s in SCENARIOS if s != "continued"} <= names
-    assert any(n.startswith("keytask-continued-run") for n in names)
+    for version in sorted({p.parent.name for p in HISTORIES}):
+        names = {p.stem for p in HISTORIES if p.parent.name == version}
+        assert {f"keytask-{s}" for s in SCENARIOS if s != "continued"} <= names, version
+        assert any(n.startswith("keytask-continued-run") for n in names), version
 
 
-@pytest.mark.parametrize("name", [p.stem for p in HISTORIES])
+@pytest.mark.parametrize("name", [key(p) for p in HISTORIES])
 def test_recorded_history_replays_with_current_code(replayed: dict[str, RunReplay],
                                                     name: str) -> None:
     run = replayed[name]
@@ -88,7 +93,7 @@ async def test_changed_commands_fail_the_replay(monkeypatch: pytest.MonkeyPatch)
     import domain.rules
 
     monkeypatch.setattr(domain.rules, "next_wakeup", lambda state, now: None)
-    history = history_from_json((HISTORY_DIR / "keytask-escalation.json").read_text("utf-8"))
+    history = history_from_json((HISTORY_DIR / "v2" / "keytask-escalation.json").read_text("utf-8"))
     run = (await replay_histories([(history, "file")]))[0]
     assert run.failure is not None and "Nondeterminism" in run.failure
     found = compare_runs([run], None, whole_task=False)
@@ -108,7 +113,7 @@ async def test_changed_events_are_divergent_at_the_first_changed_seq(
         return event.model_copy(update={"reason": event.reason + " (reworded)"})
 
     monkeypatch.setattr(domain.decide, "reject", reject)
-    text = (HISTORY_DIR / "keytask-lifecycle.json").read_text("utf-8")
+    text = (HISTORY_DIR / "v2" / "keytask-lifecycle.json").read_text("utf-8")
     run = (await replay_histories([(history_from_json(text), "file")]))[0]
     assert run.failure is None
     first_rejected = next(e["seq"] for e in run.events if e["type"] == "CommandRejected")

@@ -11,9 +11,9 @@ command (accepted and refused, by update and by signal, malformed and unknown on
 every step of every production ladder (deadline-lights, sanming, 13710, rectification,
 false-report), take the 回头看 path both ways, and continue as new.
 
-Re-record only for a deliberate, released change of the workflow: the old files are what
-running workflows' histories look like, so keep them (rename, e.g. `keytask-v1-...`) when the
-new code must still replay them (guard the change with `workflow.patched`).
+Files go to `tests/histories/<VERSION>/`. Re-record only for a deliberate, released change of the
+workflow: bump VERSION and keep the old folders — they are what running workflows' histories look
+like, and the new code must still replay them (guard the change with `workflow.patched`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ from workflows.keytask import WORKFLOW_NAME  # noqa: E402
 from workflows.search import initial_search_attributes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# One folder per released workflow version; the current code must replay all of them.
+# v1: before the "drain-after-archive" patch; v2: with it.
+VERSION = "v2"
+OUT = HERE / VERSION
 QUEUE = "record-histories"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 DAY = dt.timedelta(days=1)
@@ -335,13 +339,14 @@ async def main(names: list[str]) -> None:
             store = EventStore(make_engine(url))
             async with running_worker(env.client, store, QUEUE):
                 for name in names:
-                    for stale in HERE.glob(f"keytask-{name}*.json"):
+                    for stale in OUT.glob(f"keytask-{name}*.json"):
                         stale.unlink()
                     for _attempt in range(5):
                         task_id = await drive(env, name)
                         if await complete(env.client, task_id):
                             break
-                    paths = await save(env.client, task_id, name, HERE)
+                    OUT.mkdir(exist_ok=True)
+                    paths = await save(env.client, task_id, name, OUT)
                     for path in paths:
                         print(f"{path.relative_to(HERE.parents[1])}: "
                               f"{path.stat().st_size // 1024} KB")
