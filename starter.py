@@ -62,9 +62,9 @@ def _engine() -> Any:
 
 
 def _store() -> Any:
-    from infra.db.store import EventStore
+    from infra.db.store import open_store
 
-    return EventStore(_engine())
+    return open_store(get_settings().database_url)
 
 
 async def _client() -> Any:

@@ -46,9 +46,7 @@ async def running_worker(client: Client, store: Any, task_queue: str,
 
 
 async def main(settings: Settings | None = None) -> None:
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
-    from infra.db.store import EventStore
+    from infra.db.store import open_store
     from infra.logging import configure_logging, get_logger
     from infra.metrics import start_metrics_server
     from infra.temporal_client import connect
@@ -56,8 +54,7 @@ async def main(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     configure_logging(settings.log_format)
     log = get_logger("duban.worker")
-    upgrade(settings.database_url)
-    store = EventStore(make_engine(settings.database_url))
+    store = open_store(settings.database_url)
     client = await connect(settings)
     port = start_metrics_server(settings.metrics_port)
     stop = asyncio.Event()

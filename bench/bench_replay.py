@@ -41,11 +41,8 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Replayer  # noqa: E402
 
 from infra.audit.replay import compare_runs, make_replayer, replay_histories  # noqa: E402
-from infra.binaries import test_server_path  # noqa: E402
-from infra.db.engine import make_engine  # noqa: E402
-from infra.db.migrate import upgrade  # noqa: E402
-from infra.db.store import EventStore  # noqa: E402
-from infra.temporal_client import ensure_search_attributes  # noqa: E402
+from infra.db.store import EventStore, open_store  # noqa: E402
+from infra.temporal_client import start_time_skipping  # noqa: E402
 from tests.scenario import make_spec  # noqa: E402
 from worker import running_worker, workflow_runner  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
@@ -89,14 +86,11 @@ async def build(env: WorkflowEnvironment, store: EventStore, commands: int) -> t
 
 
 async def main(commands: int, repeat: int, save: Path | None = None) -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(test_server_path()), data_converter=pydantic_data_converter)
+    env = await start_time_skipping()
     try:
-        await ensure_search_attributes(env.client, "default")
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{tmp}/duban.db"
-            upgrade(url)
-            store = EventStore(make_engine(url))
+            store = open_store(url)
             started = time.perf_counter()
             async with running_worker(env.client, store, QUEUE):
                 history, stored_count = await build(env, store, commands)

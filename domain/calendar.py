@@ -33,13 +33,16 @@ def _load() -> tuple[frozenset[dt.date], frozenset[dt.date]]:
 _DAYS_OFF, _WORKING_WEEKENDS = _load()
 
 
+_PUBLISHED = frozenset(int(y) for y in ChinaStaticHolidays.special_public_holidays)
+
+
 def published_years() -> frozenset[int]:
     """Years for which the official notice (with its 调休 days) is in the library."""
-    return frozenset(int(y) for y in ChinaStaticHolidays.special_public_holidays)
+    return _PUBLISHED
 
 
 def is_published(year: int) -> bool:
-    return year in published_years()
+    return year in _PUBLISHED
 
 
 def is_working_day(day: dt.date) -> bool:

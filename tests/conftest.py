@@ -13,9 +13,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from infra.binaries import test_server_path
 from infra.devserver import DevServer, start_dev_server
-from infra.temporal_client import ensure_search_attributes
+from infra.temporal_client import start_time_skipping
 
 # The store fixtures are written separately; load them only once the file exists so that
 # collection never fails while the tree is being assembled.
@@ -31,14 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """Time-skipping test server (no visibility: list/search-attribute queries need `dev_server`)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(test_server_path()),
-        data_converter=pydantic_data_converter,
-    )
+    # start_time_skipping registers Duban's search attributes: the test server rejects
+    # undefined ones (it keeps no visibility, but accepts the writes).
+    env = await start_time_skipping()
     try:
-        # Workflows start with and upsert Duban search attributes; the test server rejects
-        # undefined ones, so register them (it keeps no visibility, but accepts the writes).
-        await ensure_search_attributes(env.client, "default")
         yield env
     finally:
         await env.shutdown()
@@ -50,13 +45,10 @@ WORKFLOW_QUEUE = "keytask-tests"
 @pytest.fixture(scope="session")
 def wf_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The event store the workflow tests' worker records into (SQLite, fresh per session)."""
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
-    from infra.db.store import EventStore
+    from infra.db.store import open_store
 
     url = f"sqlite:///{tmp_path_factory.mktemp('wfstore') / 'duban.db'}"
-    upgrade(url)
-    return EventStore(make_engine(url))
+    return open_store(url)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from domain.hashchain import event_hash_canonical, genesis_hash
 from infra.audit.cli import audit_app
 from infra.audit.replay import verify_task
 from infra.binaries import temporal_cli_path
-from infra.db.store import EventStore
+from infra.db.store import EventStore, open_store
 from infra.settings import get_settings
 from tests.conftest import WORKFLOW_QUEUE
 from tests.histories.record_histories import drive
@@ -209,8 +209,6 @@ async def test_cli_exported_history_replays_and_archive_completes(
     """On a real dev server: a task runs to its end; `temporal workflow show --output json`
     exports its history; `audit replay` agrees with the store; `audit archive --all-closed`
     replaces the workflow's own (short) archive by the complete history."""
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
     from tests.scenario import make_spec
     from worker import running_worker
     from workflows.inputs import KeyTaskInput
@@ -218,8 +216,7 @@ async def test_cli_exported_history_replays_and_archive_completes(
     from workflows.search import initial_search_attributes
 
     url = f"sqlite:///{tmp_path / 'duban.db'}"
-    upgrade(url)
-    store = EventStore(make_engine(url))
+    store = open_store(url)
     client = dev_server.client
     spec = make_spec(dt.datetime.now(dt.UTC), plan_code=f"audit{os.getpid()}")
     async with running_worker(client, store, "audit-e2e"):

@@ -17,9 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.record import DubanActivities
-from infra.db.engine import make_engine
-from infra.db.migrate import upgrade
-from infra.db.store import EventStore
+from infra.db.store import EventStore, open_store
 from tests.scenario import make_spec
 from worker import workflow_runner
 from workflows.inputs import KeyTaskInput
@@ -49,8 +47,7 @@ class Gate:
 @pytest.fixture
 async def gated(ts_env: WorkflowEnvironment, tmp_path: Any) -> AsyncIterator[tuple[Gate, EventStore]]:
     url = f"sqlite:///{tmp_path / 'drain.db'}"
-    upgrade(url)
-    store = EventStore(make_engine(url))
+    store = open_store(url)
     gate = Gate()
     acts = DubanActivities(store, ts_env.client)
     with ThreadPoolExecutor(max_workers=4) as pool:

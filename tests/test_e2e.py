@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 
 from infra.binaries import temporal_cli_path
-from infra.db.engine import make_engine
-from infra.db.migrate import upgrade
-from infra.db.store import EventStore
+from infra.db.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "duban-e2e"
@@ -48,8 +46,7 @@ async def e2e(dev_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asyn
 
     home = tmp_path_factory.mktemp("e2e")
     url = f"sqlite:///{home / 'duban.db'}"
-    upgrade(url)
-    store = EventStore(make_engine(url))
+    store = open_store(url)
     env = {**os.environ, "TEMPORAL_ADDRESS": dev_server.address, "DUBAN_TASK_QUEUE": QUEUE,
            "DATABASE_URL": url, "DUBAN_HOME": str(home), "DUBAN_LOG_FORMAT": "json",
            "COLUMNS": "200"}

@@ -52,13 +52,10 @@ def _fail(msg: str, code: int = 2) -> NoReturn:
 
 
 def _store() -> Any:
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
-    from infra.db.store import EventStore
+    from infra.db.store import open_store
 
     url = get_settings().database_url
-    upgrade(url)
-    return EventStore(make_engine(url))
+    return open_store(url)
 
 
 async def _client(required: bool) -> Any:

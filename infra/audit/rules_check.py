@@ -4,7 +4,7 @@ Nothing is taken from the recorded escalations themselves: the requirements are 
 from the stored events. The events are folded one by one (the workflow's own `evolve`); every
 target the rules know (`domain.rules.active_targets`: an open node, an open rectification order,
 an unresolved 虚报) gets, per cycle, the required time of each rung from its ladder
-(`step.after.after(base)`, as `domain.rules.rung_time`). A rung is required when its target is
+(`domain.rules.Target.rung_time`). A rung is required when its target is
 still open at that instant; if the target was closed then (claimed, accepted, rectification
 reported, ...) but opens again in the same cycle (a claim rejected, a rectification sent back),
 the rules (`due_rungs`) require the rung from the instant it reopened. Each requirement is then
@@ -232,7 +232,7 @@ def _rung_verdicts(walk: _Walk, as_of: dt.datetime, grace: dt.timedelta,
     out: list[RungVerdict] = []
     for key, t in targets.items():
         for step in t.steps:
-            at, _est = step.after.after(t.base, tz)
+            at, _est = t.rung_time(step)
             hit = fired.pop(t.key(step), None)
             common = {"target_kind": t.kind, "target": t.ident, "cycle": t.cycle,
                       "ladder": t.ladder.code, "step": step.code, "title": step.title,

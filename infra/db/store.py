@@ -1014,3 +1014,11 @@ def _archive(row: Any) -> ArchiveRecord:
         archived_at=row["archived_at"],
         intact=hashlib.sha256(row["history"].encode("utf-8")).hexdigest() == row["sha256"],
     )
+
+
+def open_store(url: str) -> EventStore:
+    """The store at `url`, its schema created or upgraded first (idempotent)."""
+    from infra.db.migrate import upgrade
+
+    upgrade(url)
+    return EventStore(make_engine(url))

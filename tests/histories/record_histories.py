@@ -32,13 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from domain.plan import NodeSpec, Plan, RecheckPolicy, TaskDef, TaskSpec, resolve_plan  # noqa: E402
-from infra.binaries import test_server_path  # noqa: E402
-from infra.temporal_client import ensure_search_attributes  # noqa: E402
+from infra.temporal_client import start_time_skipping  # noqa: E402
 from tests.scenario import ROSTER, UNITS, ladders  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
 from workflows.keytask import WORKFLOW_NAME  # noqa: E402
@@ -324,19 +322,14 @@ async def run_chain(client: Client, workflow_id: str) -> list[Any]:
 
 
 async def main(names: list[str]) -> None:
-    from infra.db.engine import make_engine
-    from infra.db.migrate import upgrade
-    from infra.db.store import EventStore
+    from infra.db.store import open_store
     from worker import running_worker
 
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(test_server_path()), data_converter=pydantic_data_converter)
+    env = await start_time_skipping()
     try:
-        await ensure_search_attributes(env.client, "default")
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{tmp}/duban.db"
-            upgrade(url)
-            store = EventStore(make_engine(url))
+            store = open_store(url)
             async with running_worker(env.client, store, QUEUE):
                 for name in names:
                     for stale in OUT.glob(f"keytask-{name}*.json"):
