@@ -154,7 +154,8 @@ async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
         if any(i["inspection_id"] == g.inspection_id for i in state.get("inspections", [])):
             mark("already recorded", "this inspection is on the task already; nothing sent")
             continue
-        check = await handle.query("check", args=["inspect", g.payload])
+        check = await handle.query(
+            "check", args=["inspect", g.payload, dt.datetime.now(dt.UTC).isoformat()])
         if not check["ok"]:
             mark("rejected", check["reason"])
             continue

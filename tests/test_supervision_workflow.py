@@ -291,7 +291,9 @@ async def test_bulk_import_per_row_verdicts_and_idempotence(
     h1, s1 = await start(ts_env)
     h2, s2 = await start(ts_env)
     await update(h1, "claim", actor="unit.member", node="N1")
-    when = await visit(ts_env)
+    # Not the server's "now": the test server's clock runs ahead of the importer's wall clock,
+    # and a visit at the later task's start is neither before either task nor in the future.
+    when = max(s1.started_at, s2.started_at).isoformat()
     base = {"检查时间": when, "地点": "一村"}
     rows = [
         {
@@ -361,3 +363,19 @@ async def test_bulk_import_per_row_verdicts_and_idempotence(
     state = await h1.query("state")
     assert len(state["inspections"]) == 1 and len(state["findings"]) == 2
     assert state["nodes"][0]["status"] == "done"  # 基本达标 confirmed the claim
+
+
+async def test_check_judges_a_visit_by_the_callers_clock(
+    ts_env: WorkflowEnvironment, worker: None
+) -> None:
+    handle, _ = await start(ts_env)
+    await ts_env.sleep(dt.timedelta(hours=1))  # the task sleeps: no activation in that hour
+    now = await ts_env.get_current_time()
+    payload = {"actor": "supervisor", "inspection_id": "q1", "visited_at": now.isoformat(),
+               "place": "一村", "outcome": "达标"}
+    # In a query, workflow.now() is the last activation (an hour ago): the visit looks future.
+    stale = await handle.query("check", args=["inspect", payload])
+    assert not stale["ok"] and "in the future" in stale["reason"]
+    fresh = await handle.query("check", args=["inspect", payload, now.isoformat()])
+    assert fresh["ok"] and fresh["events"] == ["InspectionRecorded"]
+    assert (await handle.query("state"))["inspections"] == []  # a check records nothing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -255,11 +255,19 @@ class KeyTask:
         return out
 
     @workflow.query(name="check")
-    def query_check(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def query_check(self, name: str, payload: dict[str, Any],
+                    at: str | None = None) -> dict[str, Any]:
         """What `name` with `payload` would get, decided on the current state, changing nothing:
-        lets a bulk import refuse a bad row without recording an attempt."""
+        lets a bulk import refuse a bad row without recording an attempt.
+
+        `at` is the caller's clock (ISO time): in a query, workflow.now() is the time of the
+        last activation, which for a task idle for days would make any later visit look like
+        one "in the future"."""
+        now = workflow.now()
+        if at is not None:
+            now = max(now, datetime.fromisoformat(at))
         cmd = parse_command(name, payload)
-        result = cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, workflow.now())
+        result = cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, now)
         if isinstance(result, Rejection):
             return {"ok": False, "code": result.code, "reason": result.reason}
         return {"ok": True, "events": [type(e).__name__ for e in result]}
