@@ -8,8 +8,8 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Python 3.11 is what pyproject allows; fall back to python3 (pip then says if it is not 3.11).
 BOOT_PYTHON := $(shell command -v python3.11 2>/dev/null || command -v python3)
-# Type-check the entry points once they exist, so a partial tree still checks what it has.
-ENTRY_POINTS := $(wildcard worker.py starter.py)
+PACKAGES := workflows activities infra audit planfiles service worker.py starter.py
+BENCHMARKS := bench/bench_verify.py bench/bench_replay.py
 
 .PHONY: help venv test lint fmt demo bench clean
 
@@ -33,26 +33,24 @@ venv: $(VENV)
 test: $(VENV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy domain
-	$(VENV)/bin/mypy workflows activities infra $(ENTRY_POINTS)
+	$(VENV)/bin/mypy $(PACKAGES)
 	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
 lint: $(VENV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy domain
-	$(VENV)/bin/mypy workflows activities infra $(ENTRY_POINTS)
+	$(VENV)/bin/mypy $(PACKAGES)
 
 fmt: $(VENV)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 demo: $(VENV)
-	$(PY) -m infra.demo
+	$(PY) -m service.demo
 
 bench: $(VENV)
-	@shopt -s nullglob; files=(bench/*.py); \
-	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
-	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f"; done
+	@for f in $(BENCHMARKS); do echo "== $$f"; $(PY) "$$f"; done
 
 # Keeps .venv (slow to rebuild); removes the demo's state and every cache.
 clean:

@@ -35,7 +35,7 @@ app.add_typer(store_app, name="store")
 
 
 def _add_audit() -> None:
-    from infra.audit.cli import audit_app
+    from audit.cli import audit_app
 
     app.add_typer(audit_app, name="audit")
 
@@ -68,7 +68,7 @@ def _store() -> Any:
 
 
 async def _client() -> Any:
-    from infra.temporal_client import connect
+    from infra.temporal.client import connect
 
     try:
         return await asyncio.wait_for(connect(get_settings()), timeout=15)
@@ -83,7 +83,7 @@ def _print_json(data: Any) -> None:
 # --- plan ------------------------------------------------------------------------------------
 
 def _resolve(path: Path) -> list[TaskSpec]:
-    from infra.plan_io import load_ladders, read_plan
+    from planfiles import load_ladders, read_plan
 
     try:
         plan = read_plan(path)
@@ -119,16 +119,14 @@ async def _start_all(specs: list[TaskSpec], concurrency: int) -> Counter[str]:
         async def start(spec: TaskSpec) -> None:
             async with sem:
                 try:
-                    handle = await client.start_workflow(
+                    await client.start_workflow(
                         WORKFLOW_NAME, KeyTaskInput(spec=spec), id=spec.task_id,
                         task_queue=settings.task_queue,
                         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                         search_attributes=initial_search_attributes(spec),
                     )
-                    counts["started" if handle.first_execution_run_id is None
-                           or getattr(handle, "_start_workflow_response", None) is None
-                           else "started"] += 0
+                    # USE_EXISTING: a task already running answers with its own handle.
                     counts["started_or_running"] += 1
                 except WorkflowAlreadyStartedError:
                     counts["already_closed"] += 1
@@ -171,9 +169,34 @@ def plan_load(
 
 @plan_app.command("check")
 def plan_check(file: Path) -> None:
-    """Validate a plan file and print every problem at once."""
+    """Validate a plan file, print every problem at once, or what it resolves to."""
+    from planfiles import read_plan
+
     specs = _resolve(file)
-    out.print(f"[green]valid[/green]: {len(specs)} task instances")
+    plan = read_plan(file)
+    kinds = Counter(u.kind for u in plan.units)
+    out.print(f"[green]valid[/green]: {plan.code} {plan.title}")
+    out.print(f"  units: {len(plan.units)} ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
+    out.print(f"  roster: {len(plan.roster)}; tasks: {len(plan.tasks)}; "
+              f"task instances: {len(specs)}")
+    per_task = Counter(s.task_code for s in specs)
+    for task in plan.tasks:
+        out.print(f"    {task.code:8} {per_task[task.code]:3}  {task.title}")
+
+
+@plan_app.command("convert")
+def plan_convert(
+    src: Annotated[Path, typer.Argument(help="plan file to read: .yaml or .xlsx")],
+    dst: Annotated[Path, typer.Argument(help="plan file to write: .yaml or .xlsx")],
+) -> None:
+    """Write a plan in the other format (YAML for engineers, XLSX for the task office)."""
+    from planfiles import PlanReadError, read_plan, write_plan
+
+    try:
+        write_plan(read_plan(src), dst)
+    except (PlanReadError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"wrote {dst}")
 
 
 @plan_app.command("demo")
@@ -184,7 +207,9 @@ def plan_demo(
 ) -> None:
     """Write the demo plan: the sample plan dated relative to now (some nodes past, some due in
     minutes on the minute-scale demo ladder, most in the coming weeks)."""
-    from infra.plan_io import demo_plan, read_plan, write_plan_yaml
+    from planfiles import read_plan
+    from planfiles.demo_plan import demo_plan
+    from planfiles.yaml_format import write_plan_yaml
 
     plan = demo_plan(dt.datetime.now(dt.UTC), read_plan(base))
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +479,7 @@ def inspect(
 
 
 def _import_inspections(file: Path, as_json: bool) -> None:
-    from infra.inspection_import import import_inspections
+    from service.inspection_import import import_inspections
 
     async def go() -> Any:
         return await import_inspections(await _client(), file)
@@ -534,7 +559,7 @@ def store_rebuild(
     """Rebuild the read models (tasks, inspections, findings) from the events alone.
 
     --check compares them with the stored rows instead and exits 1 on any difference."""
-    from infra.audit.rebuild import rebuild
+    from audit.rebuild import rebuild
 
     results = rebuild(_store(), task or None, check=check)
     bad = [r for r in results if not r.ok]
@@ -560,10 +585,11 @@ def store_rebuild(
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """The command line. The process ends through `run_and_exit`: a command that used the
+    Temporal client could otherwise abort during interpreter finalization (exit 134)."""
+    from infra.process_exit import run_and_exit
+
+    run_and_exit(app)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from activities.record import DubanActivities
 from infra.settings import Settings, get_settings
 from workflows.keytask import KeyTask
 
-# Pure, deterministic modules the workflow uses: imported once, outside the sandbox.
-PASSTHROUGH = ("domain", "holidays", "pydantic", "pydantic_core", "workflows.inputs", "infra",
-               "zoneinfo")
+# Exactly the pure, deterministic modules the workflow uses, imported once outside the sandbox:
+# the domain (and the libraries its models are made of), and the workflow's own input and
+# search-attribute modules, so the pydantic converter sees one class, not a per-sandbox copy.
+PASSTHROUGH = ("domain", "pydantic", "pydantic_core", "annotated_types", "rfc8785", "zoneinfo",
+               "holidays", "workflows.inputs", "workflows.search")
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -33,7 +35,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 @contextlib.asynccontextmanager
 async def running_worker(client: Client, store: Any, task_queue: str,
                          **worker_kwargs: Any) -> AsyncIterator[Worker]:
-    """A worker with everything registered, shut down cleanly on exit (see DESIGN.md: exit 134)."""
+    """A worker with everything registered, shut down cleanly on exit (an abrupt exit can abort in the SDK's runtime, exit 134)."""
     acts = DubanActivities(store, client)
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="duban-act") as pool:
         worker = Worker(
@@ -49,7 +51,7 @@ async def main(settings: Settings | None = None) -> None:
     from infra.db.store import open_store
     from infra.logging import configure_logging, get_logger
     from infra.metrics import start_metrics_server
-    from infra.temporal_client import connect
+    from infra.temporal.client import connect
 
     settings = settings or get_settings()
     configure_logging(settings.log_format)
@@ -70,4 +72,8 @@ async def main(settings: Settings | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    from infra.process_exit import run_and_exit
+
+    # Ends without interpreter finalization, where the SDK's runtime threads can abort a
+    # process that has already stopped cleanly (exit 134 after `worker.stopped`).
+    run_and_exit(lambda: asyncio.run(main()))

@@ -49,6 +49,21 @@ def _local(value: str | None, tz: str) -> str:
     return dt.datetime.fromisoformat(value).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
 
 
+_WEEKDAYS = "一二三四五六日"
+
+
+def _deadline(value: str | None, tz: str) -> str:
+    """A 反馈时限 as people read it: a deadline at local midnight is the end of the day before
+    ("2026-09-20（星期日）24:00前"), not the start of the next one."""
+    if not value:
+        return "—"
+    local = dt.datetime.fromisoformat(value).astimezone(ZoneInfo(tz))
+    clock = local.strftime("%H:%M")
+    if local.time() == dt.time(0, 0):
+        local, clock = local - dt.timedelta(days=1), "24:00"
+    return f"{local:%Y-%m-%d}（星期{_WEEKDAYS[local.weekday()]}）{clock}前"
+
+
 def recipient_address(role: str, ctx: NoticeContext) -> str:
     """Where a role's copy goes; unit-scoped roles carry the unit's code."""
     if role in ("unit", "unit_head"):
@@ -72,7 +87,7 @@ def render_notice(ctx: NoticeContext, fired: dict[str, Any]) -> Notice:
         step_title=fired["title"], level=fired["level"],
         required_at=_local(fired["required_at"], tz),
         recipients="、".join(_RECIPIENT_LABELS.get(r, r) for r in fired["recipients"]),
-        demand=fired["demand"] or "按要求整改落实", reply_by=_local(fired.get("reply_by"), tz),
+        demand=fired["demand"] or "按要求整改落实", reply_by=_deadline(fired.get("reply_by"), tz),
         seq=fired["seq"], task_id=ctx.task_id,
     )
     reply_by = dt.datetime.fromisoformat(fired["reply_by"]) if fired.get("reply_by") else None

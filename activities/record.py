@@ -4,24 +4,48 @@
 read model in the same transaction, then issues the batch's 督办单 notices — each at most once
 per (task, step), because the notice and outbox rows are keyed by it. A retry after a crash at
 any point re-does only what is missing.
+
+A batch the store refuses for good — a different event already stored at one of its seqs
+(`ConflictError`), a seq gap (`GapError`), a malformed batch (`ValueError`) — fails the
+activity as a non-retryable `ApplicationError` of type `StoreConflict`, `StoreGap` or
+`StoreInvalidBatch`: retrying the same input cannot succeed. Each is counted in
+`duban_store_refusals_total{kind}`, and `audit verify` names the task (its workflow decided
+events the store never recorded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import structlog
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from activities.notices import Channel, OutboxChannel, render_notice
 from domain.projection import RecordBatch
 from infra import metrics
-from infra.db.store import ArchiveConflictError
+from infra.db.store import ArchiveConflictError, ConflictError, GapError
 from infra.db.store import ReadModel as StoreReadModel
 
 log = structlog.get_logger("duban.activities")
+
+# ApplicationError types of batches the store refuses for good (see the module docstring).
+STORE_CONFLICT, STORE_GAP, STORE_INVALID = "StoreConflict", "StoreGap", "StoreInvalidBatch"
+STORE_REFUSAL_TYPES = (STORE_CONFLICT, STORE_GAP, STORE_INVALID)
+
+
+def _refused(task_id: str, events: list[dict[str, Any]], exc: Exception) -> ApplicationError:
+    kind = (STORE_CONFLICT if isinstance(exc, ConflictError)
+            else STORE_GAP if isinstance(exc, GapError) else STORE_INVALID)
+    metrics.STORE_REFUSALS.labels(kind=kind).inc()
+    seqs = [e.get("seq") for e in events if isinstance(e, dict)]
+    span = f"seq {seqs[0]}..{seqs[-1]}" if seqs else "an empty batch"
+    log.error("store.refused", task_id=task_id, kind=kind, events=span, error=str(exc))
+    return ApplicationError(f"the store refuses task {task_id}'s {span} for good: {exc}",
+                            type=kind, non_retryable=True)
 
 
 class DubanActivities:
@@ -35,11 +59,15 @@ class DubanActivities:
     def record_batch(self, batch: RecordBatch) -> dict[str, Any]:
         started = time.perf_counter()
         rm = batch.read_model
-        result = self.store.append(batch.task_id, batch.events, read_model=StoreReadModel(
-            task=rm.task.model_dump(),
-            inspections=[i.model_dump() for i in rm.inspections],
-            findings=[f.model_dump() for f in rm.findings],
-        ))
+        try:
+            result = self.store.append(batch.task_id, batch.events, read_model=StoreReadModel(
+                task=rm.task.model_dump(),
+                inspections=[i.model_dump() for i in rm.inspections],
+                findings=[f.model_dump() for f in rm.findings],
+                partial=rm.partial,
+            ))
+        except (ConflictError, GapError, ValueError) as exc:
+            raise _refused(batch.task_id, batch.events, exc) from exc
         metrics.EVENTS_RECORDED.inc(result.appended)
         for e in batch.events:
             if e["type"] == "CommandRejected":
@@ -77,9 +105,12 @@ class DubanActivities:
             raise RuntimeError("archive_history needs a Temporal client")
         history = await self.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         text = history.to_json()
+        # The store is blocking (SQLAlchemy): in a thread, so the worker's event loop keeps
+        # serving workflow tasks and other activities meanwhile.
         try:
-            return bool(self.store.archive_history(task_id, workflow_id, run_id, reason, text))
+            return bool(await asyncio.to_thread(self.store.archive_history, task_id, workflow_id,
+                                                run_id, reason, text))
         except ArchiveConflictError:
             # Archived before by this run (its history has grown since): keep the longer one;
             # the store checks the old one is its exact prefix, else this raises again.
-            return bool(self.store.supersede_archive(run_id, text))
+            return bool(await asyncio.to_thread(self.store.supersede_archive, run_id, text))

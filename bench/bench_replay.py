@@ -5,7 +5,7 @@ reports and malformed signals, sent in concurrent bursts; continue-as-new disabl
 `continue_after_events`), so the task records about N domain events. Then, on the same engine
 history, times (best of `--repeat`):
 
-- `replay`: `infra.audit.replay` — the current KeyTask replayed in the sandbox with the capture
+- `replay`: `audit.replay` — the current KeyTask replayed in the sandbox with the capture
   interceptor, and the captured events compared with the store (canonical JSON per seq) and
   with what the history sent to `record_batch`;
 - `bare_replayer`: `temporalio.worker.Replayer.replay_workflow` with the same sandbox and
@@ -40,14 +40,17 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Replayer  # noqa: E402
 
-from infra.audit.replay import compare_runs, make_replayer, replay_histories  # noqa: E402
+from audit.replay import compare_runs, make_replayer, replay_histories  # noqa: E402
 from infra.db.store import EventStore, open_store  # noqa: E402
-from infra.temporal_client import start_time_skipping  # noqa: E402
+from infra.temporal.client import start_time_skipping  # noqa: E402
 from tests.scenario import make_spec  # noqa: E402
 from worker import running_worker, workflow_runner  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
 from workflows.keytask import WORKFLOW_NAME, KeyTask  # noqa: E402
-from workflows.search import initial_search_attributes  # noqa: E402
+from workflows.search import (
+    DEFINITIONS,  # noqa: E402
+    initial_search_attributes,  # noqa: E402
+)
 
 QUEUE = "bench-replay"
 BURST = 50
@@ -86,7 +89,7 @@ async def build(env: WorkflowEnvironment, store: EventStore, commands: int) -> t
 
 
 async def main(commands: int, repeat: int, save: Path | None = None) -> None:
-    env = await start_time_skipping()
+    env = await start_time_skipping(DEFINITIONS)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{tmp}/duban.db"

@@ -1,13 +1,16 @@
 """`decide(state, command, now) -> events | Rejection` and `tick(state, now, draw) -> events`.
 
 `decide` answers a person's command; `tick` is the clock: the rungs that came due, completion,
-回头看 and the light. Neither does I/O or reads a clock: `now` and the random `draw` come from
-the workflow (workflow.now(), workflow.random()), so replay gives the same answer.
+回头看 and the light. Neither does I/O or reads a clock: `now` comes from the workflow
+(workflow.now()), so replay gives the same answer. Working days are counted on the task's
+recorded calendar (`spec.working_calendar`), never on a live table. The 回头看 draw is derived
+from recorded facts (`recheck_draw`), so an auditor recomputes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -181,7 +184,8 @@ def _decide_extension(o: _Out, cmd: c.DecideExtension) -> c.Rejection | None:
 
 def _finding_deadline(s: TaskState, severity: str, now: dt.datetime) -> dt.datetime:
     within = main_ladder(s).rectification_within.get(severity)  # type: ignore[call-overload]
-    return (within or Offset(working_days=5)).after(now, s.spec.timezone)[0]
+    return (within or Offset(working_days=5)).after(now, s.spec.timezone,
+                                                    s.spec.working_calendar)[0]
 
 
 def _inspect(o: _Out, cmd: c.RecordInspection) -> c.Rejection | None:
@@ -271,7 +275,28 @@ def _recheck(o: _Out, cmd: c.RecordRecheck) -> c.Rejection | None:
     within = main_ladder(s).reopen_within
     for code in reopen:
         o.add(ev.NodeReopened, node=code, reason="回头看 found it not done",
-              new_due=within.after(o.now, s.spec.timezone)[0])
+              new_due=within.after(o.now, s.spec.timezone, s.spec.working_calendar)[0])
+    return None
+
+
+def _update_calendar(o: _Out, cmd: c.UpdateCalendar) -> c.Rejection | None:
+    s = o.state
+    current, new = s.spec.working_calendar, cmd.calendar
+    if new.fingerprint == current.fingerprint:
+        return _no("duplicate", f"the task already counts working days on {current.label}")
+    first = min(s.spec.started_at.astimezone(ZoneInfo(s.spec.timezone)).year, current.last_year)
+    needed = range(max(first, current.first_year), current.last_year + 1)
+    if not (new.covers(needed[0]) and new.covers(needed[-1])):
+        return _no("not_allowed", f"the new calendar covers {new.first_year}–{new.last_year}; the "
+                                  f"task's covers {needed[0]}–{needed[-1]}, which it must keep")
+    dropped = [y for y in needed if current.is_published(y) and not new.is_published(y)]
+    if dropped:
+        return _no("not_allowed", f"year(s) {', '.join(map(str, dropped))} are officially "
+                                  f"published in the task's calendar but not in the new one")
+    newly = tuple(y for y in range(new.first_year, new.last_year + 1)
+                  if new.is_published(y) and not current.is_published(y))
+    o.add(ev.CalendarUpdated, previous_fingerprint=current.fingerprint, calendar=new,
+          newly_published=newly, changed_years=current.changed_years(new), note=cmd.note)
     return None
 
 
@@ -287,6 +312,7 @@ _HANDLERS: dict[type[c.Command], Callable[[_Out, Any], c.Rejection | None]] = {
     c.ReportRectification: _report_rectification,
     c.VerifyRectification: _verify_rectification,
     c.RecordRecheck: _recheck,
+    c.UpdateCalendar: _update_calendar,
 }
 
 
@@ -302,12 +328,42 @@ def assign(spec: TaskSpec, now: dt.datetime) -> ev.TaskAssigned:
     return ev.TaskAssigned(task_id=spec.task_id, seq=1, at=now, actor=ev.SYSTEM, spec=spec)
 
 
-def tick(state: TaskState, now: dt.datetime, draw: int) -> list[ev.Event]:
-    """What time alone makes happen at `now`. `draw` is 0..99 from the workflow's randomness."""
+RECHECK_DRAW_DOMAIN = "duban/recheck-draw/v1"
+
+
+def recheck_draw(spec: TaskSpec, completed: ev.TaskCompleted) -> tuple[int, str]:
+    """The 回头看 draw (0–99) of a task completed by `completed`, and the text it comes from.
+
+    Derived from recorded facts only — the task, the seq and time of its completion event, and
+    the plan's recheck seed (the plan code when none is set) — so it does not depend on how
+    often the workflow woke, and an auditor recomputes it from the record:
+    `int(sha256(basis).hexdigest(), 16) % 100`."""
+    seed = spec.recheck.seed if spec.recheck.seed is not None else spec.plan_code
+    basis = "\x1f".join((RECHECK_DRAW_DOMAIN, completed.task_id, str(completed.seq),
+                         completed.at.astimezone(dt.UTC).isoformat(), seed))
+    return int(hashlib.sha256(basis.encode("utf-8")).hexdigest(), 16) % 100, basis
+
+
+def tick(state: TaskState, now: dt.datetime, draw: int | None = None, *,
+         reply_by_rule_time: bool = True) -> list[ev.Event]:
+    """What time alone makes happen at `now`.
+
+    A notice's 反馈时限 (`reply_by`) is the end of the step's `reply_within` window opened at the
+    rung's rule time (`required_at`). `reply_by_rule_time=False` is the earlier rule — the
+    window opened at the instant the rung fired, working days moving that instant — which
+    the workflow passes for histories recorded before the change, so they replay unchanged.
+
+    The 回头看 draw is `recheck_draw` of the completion event, recorded with its basis. `draw`
+    (0..99) is given only when replaying tasks that drew from the workflow's randomness."""
     o = _Out(state, now, ev.SYSTEM)
+    cal = state.spec.working_calendar
     for rung in due_rungs(o.state, now):
         step, tgt = rung.step, rung.target
-        reply_by = step.reply_within.after(now, state.spec.timezone)[0] if step.reply_within else None
+        reply_by = None
+        if step.reply_within is not None and reply_by_rule_time:
+            reply_by = step.reply_within.window_end(rung.required_at, state.spec.timezone, cal)[0]
+        elif step.reply_within is not None:
+            reply_by = step.reply_within.after(now, state.spec.timezone, cal)[0]
         o.add(ev.EscalationFired, step_key=tgt.key(step), target_kind=tgt.kind, target=tgt.ident,
               ladder=tgt.ladder.code, step=step.code, title=step.title, level=step.level,
               action=step.action, recipients=step.recipients, demand=step.demand,
@@ -317,14 +373,20 @@ def tick(state: TaskState, now: dt.datetime, draw: int) -> list[ev.Event]:
     if (s.is_active and all(n.status == "done" for n in s.nodes)
             and all(f.status == "closed" for f in s.findings)):
         o.add(ev.TaskCompleted, on_time=all(bool(n.on_time) for n in s.nodes))
+        completed = o.events[-1]
+        assert isinstance(completed, ev.TaskCompleted)
+        basis: str | None = None
+        if draw is None:
+            draw, basis = recheck_draw(s.spec, completed)
         policy = s.spec.recheck
         if draw < policy.percent:
-            due_at = Offset(**policy.after).after(now, s.spec.timezone)[0]
-            until = Offset(**policy.window).after(due_at, s.spec.timezone)[0]
-            o.add(ev.RecheckScheduled, due_at=due_at, until=until, draw=draw)
+            due_at = Offset(**policy.after).after(now, s.spec.timezone, cal)[0]
+            until = Offset(**policy.window).after(due_at, s.spec.timezone, cal)[0]
+            o.add(ev.RecheckScheduled, due_at=due_at, until=until, draw=draw, draw_basis=basis)
         else:
             o.add(ev.TaskClosed, reason=f"completed; not drawn for 回头看 (draw {draw} ≥ "
-                                        f"{policy.percent}%)")
+                                        f"{policy.percent}%)",
+                  draw=draw if basis is not None else None, draw_basis=basis)
     s = o.state
     if s.status == "completed" and s.recheck_until is not None and now >= s.recheck_until:
         o.add(ev.TaskClosed, reason="回头看 window passed without a re-inspection")

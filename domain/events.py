@@ -2,17 +2,30 @@
 
 Events are the record an auditor replays years later, so they are self-describing, never hold
 floats (they are hashed as canonical JSON), and are only ever added to, never changed.
+
+Schema evolution. Each event carries `v`, the version of its type's schema it was written
+with. Stored events are never rewritten (the hash chain covers their stored bytes); they are
+brought to the current schema when read (`parse_event`), by upcasters registered per
+(type, version):
+- adding an optional field needs no new version: declare it with `domain.schema.added()`, so it
+  is left out of the JSON while absent and old and new records of the same fact stay identical;
+- renaming, removing or re-meaning a field bumps the type's `v` default and registers an
+  upcaster from the previous version (`@upcaster("Type", 1)`), which turns a stored v1 payload
+  into a valid v2 one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from domain.calendar import Calendar
 from domain.ladder import Recipient, Severity
 from domain.plan import TaskSpec
+from domain.schema import Record, added
 
 SYSTEM = "system"
 Outcome = Literal["达标", "基本达标", "不达标"]
@@ -37,13 +50,13 @@ class Finding(BaseModel):
     evidence: tuple[Evidence, ...] = ()
 
 
-class Event(BaseModel):
+class Event(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task_id: str
     seq: int = Field(ge=1)
     at: dt.datetime
     actor: str
-    v: int = 1
+    v: int = 1  # the schema version of this event's type it was written with
 
 
 class TaskAssigned(Event):
@@ -202,12 +215,17 @@ class TaskCompleted(Event):
 
 
 class RecheckScheduled(Event):
-    """回头看 drawn: a re-inspection is due some weeks after completion."""
+    """回头看 drawn: a re-inspection is due some weeks after completion.
+
+    `draw` (0–99) < the plan's percentage drew the task. `draw_basis` is the text it was
+    derived from (sha256 of it, as an integer, mod 100), so an auditor recomputes it; absent
+    in events of tasks that drew from the engine's randomness before draws were derived."""
 
     type: Literal["RecheckScheduled"] = "RecheckScheduled"
     due_at: dt.datetime
     until: dt.datetime
     draw: int
+    draw_basis: str | None = added()
 
 
 class RecheckRecorded(Event):
@@ -220,8 +238,26 @@ class RecheckRecorded(Event):
 
 
 class TaskClosed(Event):
+    """销号 of the whole task; when closed straight after completion (not drawn for 回头看), the
+    draw that decided it and its basis (see `RecheckScheduled`)."""
+
     type: Literal["TaskClosed"] = "TaskClosed"
     reason: str
+    draw: int | None = added()
+    draw_basis: str | None = added()
+
+
+class CalendarUpdated(Event):
+    """A newer working-day calendar for a running task (e.g. next year's State Council notice
+    published), sent by the office: from this event on, rungs and deadlines not yet fired
+    count working days on `calendar`. Node due times already fixed do not move."""
+
+    type: Literal["CalendarUpdated"] = "CalendarUpdated"
+    previous_fingerprint: str
+    calendar: Calendar
+    newly_published: tuple[int, ...] = ()
+    changed_years: tuple[int, ...] = ()
+    note: str = ""
 
 
 class CommandRejected(Event):
@@ -239,16 +275,73 @@ AnyEvent = Annotated[
     | ExtensionRequested | ExtensionDecided | InspectionRecorded | RectificationOrdered
     | RectificationReported | RectificationVerified | FalseReportFound | NodeReopened
     | EscalationFired | LightChanged | TaskCompleted | RecheckScheduled | RecheckRecorded
-    | TaskClosed | CommandRejected,
+    | TaskClosed | CommandRejected | CalendarUpdated,
     Field(discriminator="type"),
 ]
 
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 EVENT_LIST_ADAPTER: TypeAdapter[list[AnyEvent]] = TypeAdapter(list[AnyEvent])
 
+# The class that reads each event type now (its `v` default is the current schema version).
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in AnyEvent.__origin__.__args__  # type: ignore[attr-defined]
+}
 
-def parse_event(data: object) -> AnyEvent:
-    return EVENT_ADAPTER.validate_python(data)
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (type, version) -> turns a payload of that version into one of the next version.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def current_version(type_name: str) -> int:
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise ValueError(f"unknown event type {type_name!r}")
+    version = cls.model_fields["v"].default
+    assert isinstance(version, int)
+    return version
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register `fn` to bring a `type_name` payload from `from_version` to the next version."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(type_name, from_version)] = fn
+        return fn
+
+    return register
+
+
+def upcast(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event payload brought to its type's current schema (a new dict; the stored
+    one, and its hashed bytes, are left as they are)."""
+    out = dict(data)
+    type_name = out.get("type")
+    if not isinstance(type_name, str):
+        raise ValueError(f"event has no type: {str(dict(data))[:120]}")
+    target = current_version(type_name)
+    version = out.get("v", 1)
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{type_name} event has an invalid schema version {version!r}")
+    if version > target:
+        raise ValueError(f"{type_name} event v{version} was written by a newer version of "
+                         f"Duban (this one reads up to v{target})")
+    while version < target:
+        step = UPCASTERS.get((type_name, version))
+        if step is None:
+            raise ValueError(f"no upcaster for {type_name} v{version} -> v{version + 1}")
+        out = step(dict(out))
+        version += 1
+        out["v"] = version
+    return out
+
+
+def parse_event(data: object) -> Event:
+    """A stored or sent event payload as the current event model (upcast first)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"an event is a JSON object, not {type(data).__name__}")
+    current = upcast(data)
+    return EVENT_TYPES[current["type"]].model_validate(current)
 
 
 def event_json(event: Event) -> dict[str, object]:

@@ -157,6 +157,8 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
             return s.model_copy(update={"status": "closed", "closed_at": e.at, "light": "green"})
         case ev.CommandRejected():
             return s.model_copy(update={"rejected_commands": s.rejected_commands + 1})
+        case ev.CalendarUpdated():
+            return s.model_copy(update={"spec": s.spec.model_copy(update={"calendar": e.calendar})})
         case _:
             raise ValueError(f"unknown event type {type(e).__name__}")
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from domain.calendar import DEFAULT_TZ, add_working_days, local_date
+from domain.calendar import COMPAT_CALENDAR, DEFAULT_TZ, Calendar, end_of_local_day, local_date
 
 Severity = Literal["一般", "较重", "严重"]
 SEVERITIES: tuple[Severity, ...] = ("一般", "较重", "严重")
@@ -34,17 +34,33 @@ class Offset(Frozen):
     def is_zero(self) -> bool:
         return not (self.days or self.working_days or self.hours or self.minutes)
 
-    def after(self, base: dt.datetime, tz: str = DEFAULT_TZ) -> tuple[dt.datetime, tuple[int, ...]]:
-        """`base` moved forward; also the years whose holiday notice was not yet published."""
+    def after(self, base: dt.datetime, tz: str = DEFAULT_TZ,
+              calendar: Calendar = COMPAT_CALENDAR) -> tuple[dt.datetime, tuple[int, ...]]:
+        """`base` moved forward, working days counted on `calendar` (a task passes the one in
+        its spec); also the years whose holiday notice `calendar` does not carry."""
         moved = base
         estimated: tuple[int, ...] = ()
         if self.working_days:
             start = local_date(base, tz)
-            res = add_working_days(start, self.working_days)
+            res = calendar.add_working_days(start, self.working_days)
             moved = base + (res.day - start)
             estimated = res.estimated_years
         moved += dt.timedelta(days=self.days, hours=self.hours, minutes=self.minutes)
         return moved, estimated
+
+    def window_end(self, rule_time: dt.datetime, tz: str = DEFAULT_TZ,
+                   calendar: Calendar = COMPAT_CALENDAR) -> tuple[dt.datetime, tuple[int, ...]]:
+        """The end of a window of this length opened at `rule_time` (反馈时限): "n个工作日内"
+        ends at the end (local 24:00) of the n-th working day after the rule time's local day,
+        not n days after the instant; days, hours and minutes are then added as they are."""
+        end = rule_time
+        estimated: tuple[int, ...] = ()
+        if self.working_days:
+            res = calendar.add_working_days(local_date(rule_time, tz), self.working_days)
+            end = end_of_local_day(res.day, tz)
+            estimated = res.estimated_years
+        end += dt.timedelta(days=self.days, hours=self.hours, minutes=self.minutes)
+        return end, estimated
 
     def before(self, base: dt.datetime) -> dt.datetime:
         if self.working_days:

@@ -12,10 +12,11 @@ import datetime as dt
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from domain.calendar import DEFAULT_TZ, add_working_days, end_of_local_day
-from domain.ladder import Ladder
+from domain.calendar import COMPAT_CALENDAR, DEFAULT_TZ, Calendar, end_of_local_day, local_date
+from domain.ladder import Ladder, Offset
+from domain.schema import Record, added
 
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
@@ -23,7 +24,12 @@ UnitKind = Literal["county", "department", "township", "village", "community", "
 Role = Literal["member", "head", "lead", "supervisor", "auditor", "office", "leader", "discipline"]
 
 
-class Model(BaseModel):
+# Years a task's recorded calendar reaches past the last node it names: working-day rungs and
+# rectification deadlines counted from a late-December due date land in the following year(s).
+CALENDAR_MARGIN_YEARS = 2
+
+
+class Model(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -73,11 +79,17 @@ class TaskDef(Model):
 
 
 class RecheckPolicy(Model):
-    """回头看: the share of closed tasks drawn for a re-inspection, and when."""
+    """回头看: the share of closed tasks drawn for a re-inspection, and when.
+
+    Whether a completed task is drawn is recomputable from its record: see
+    `domain.decide.recheck_draw` (the task, its completion event, and `seed`)."""
 
     percent: int = Field(20, ge=0, le=100)
     after: dict[str, int] = Field(default_factory=lambda: {"days": 28})
     window: dict[str, int] = Field(default_factory=lambda: {"days": 14})
+    # Set by the office, so that a unit cannot work out in advance which completion time would
+    # escape the draw; absent, the plan code stands in.
+    seed: str | None = added(None, max_length=200)
 
 
 class Plan(Model):
@@ -123,6 +135,13 @@ class TaskSpec(Model):
     ladder: str
     roster: tuple[Member, ...]
     recheck: RecheckPolicy
+    # The working days this task counts with (recorded at plan load); absent in specs recorded
+    # before calendars were, which keep the repository's frozen table.
+    calendar: Calendar | None = added()
+
+    @property
+    def working_calendar(self) -> Calendar:
+        return self.calendar if self.calendar is not None else COMPAT_CALENDAR
 
 
 class PlanIssue(Model):
@@ -242,7 +261,8 @@ def _responsible_units(plan: Plan, t: TaskDef) -> list[Unit]:
     return [u for u in plan.units if u.kind == t.responsible_kind]
 
 
-def _resolve_nodes(plan: Plan, t: TaskDef, ladder: Ladder, started: dt.datetime) -> tuple[ResolvedNode, ...]:
+def _resolve_nodes(plan: Plan, t: TaskDef, ladder: Ladder, started: dt.datetime,
+                   calendar: Calendar) -> tuple[ResolvedNode, ...]:
     tz = plan.timezone
     out: dict[str, ResolvedNode] = {}
     if t.nodes:
@@ -256,10 +276,10 @@ def _resolve_nodes(plan: Plan, t: TaskDef, ladder: Ladder, started: dt.datetime)
                 anchor_day = plan.start if n.after in (None, "start") else None
                 if anchor_day is None:
                     prev = out[str(n.after)]
-                    res_due, est = _after_working_days(prev.due, n.working_days or 0, tz)
-                    due = res_due
+                    due, est = Offset(working_days=n.working_days or 0).after(prev.due, tz,
+                                                                              calendar)
                 else:
-                    res = add_working_days(anchor_day, n.working_days or 0)
+                    res = calendar.add_working_days(anchor_day, n.working_days or 0)
                     due, est = end_of_local_day(res.day, tz), res.estimated_years
             out[n.code] = ResolvedNode(
                 code=n.code, title=n.title, kind=n.kind, due=due,
@@ -269,18 +289,12 @@ def _resolve_nodes(plan: Plan, t: TaskDef, ladder: Ladder, started: dt.datetime)
     nodes = []
     for ob in ladder.obligations:
         within = ob.major_within if (t.major and ob.major_within is not None) else ob.within
-        due, est = within.after(started, tz)
+        due, est = within.after(started, tz, calendar)
         nodes.append(ResolvedNode(
             code=ob.code, title=ob.title, kind=ob.kind, due=due,
             planned_progress=ob.planned_progress, calendar_estimated=est,
         ))
     return tuple(nodes)
-
-
-def _after_working_days(base: dt.datetime, n: int, tz: str) -> tuple[dt.datetime, tuple[int, ...]]:
-    from domain.ladder import Offset
-
-    return Offset(working_days=n).after(base, tz)
 
 
 def _roster_for(plan: Plan, unit: Unit, lead: Unit) -> tuple[Member, ...]:
@@ -292,10 +306,20 @@ def _roster_for(plan: Plan, unit: Unit, lead: Unit) -> tuple[Member, ...]:
     )
 
 
-def resolve_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[TaskSpec]:
+def resolve_plan(plan: Plan, ladders: dict[str, Ladder],
+                 calendar: Calendar | None = None) -> list[TaskSpec]:
+    """One `TaskSpec` per (task × responsible unit), working days counted on `calendar`; each
+    spec records the calendar's days for the years it spans (from its start to its last node,
+    plus `CALENDAR_MARGIN_YEARS`). Without a calendar the specs record none and count on the
+    repository's frozen table (as specs did before calendars were recorded)."""
     issues = validate_plan(plan, ladders)
+    if calendar is not None and not calendar.covers(plan.start.year):
+        issues.append(PlanIssue(where="calendar", message=(
+            f"the working-day calendar {calendar.label} does not cover the plan's start "
+            f"{plan.start}")))
     if issues:
         raise PlanInvalid(issues)
+    counting = calendar if calendar is not None else COMPAT_CALENDAR
     units = {u.code: u for u in plan.units}
     started = (
         plan.start_at.astimezone(dt.UTC) if plan.start_at is not None
@@ -308,7 +332,12 @@ def resolve_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[TaskSpec]:
         used = {k: ladders[k] for k in sorted(needed)}
         lead = units[t.lead_unit]
         for unit in _responsible_units(plan, t):
-            nodes = _resolve_nodes(plan, t, ladder, started)
+            nodes = _resolve_nodes(plan, t, ladder, started, counting)
+            recorded = None
+            if calendar is not None:
+                first = local_date(started, plan.timezone).year
+                last = max([first, *(local_date(n.due, plan.timezone).year for n in nodes)])
+                recorded = calendar.restricted(first, last + CALENDAR_MARGIN_YEARS)
             specs.append(TaskSpec(
                 task_id=task_id_for(plan.code, t.code, unit.code),
                 plan_code=plan.code, plan_title=plan.title, task_code=t.code, title=t.title,
@@ -316,21 +345,20 @@ def resolve_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[TaskSpec]:
                 parent_unit=units.get(unit.parent) if unit.parent else None, lead_unit=lead,
                 major=t.major, start_level=t.start_level, started_at=started, nodes=nodes,
                 ladders=used, ladder=t.ladder, roster=_roster_for(plan, unit, lead),
-                recheck=plan.recheck,
+                recheck=plan.recheck, calendar=recorded,
             ))
     return specs
 
 
 def estimated_calendar_years(specs: list[TaskSpec]) -> list[int]:
-    """Years used whose official holiday notice is not yet in the library: flag them.
+    """Years used whose official holiday notice is not in the task's calendar: flag them.
 
     Counts node dates computed in working days, and the years of node dues whose ladders count
     their rungs in working days (those rungs land in that year or later)."""
-    from domain.calendar import is_published, local_date
-
     years = {y for s in specs for n in s.nodes for y in n.calendar_estimated}
     for s in specs:
+        cal = s.working_calendar
         if any(st.after.working_days for lad in s.ladders.values() for st in lad.steps):
             years |= {y for n in s.nodes
-                      if not is_published(y := local_date(n.due, s.timezone).year)}
+                      if not cal.is_published(y := local_date(n.due, s.timezone).year)}
     return sorted(years)

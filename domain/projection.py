@@ -7,13 +7,22 @@ the stored events alone equals the live one, row for row.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.events import EscalationFired
+from domain.events import (
+    EscalationFired,
+    Event,
+    InspectionRecorded,
+    RecheckRecorded,
+    RectificationOrdered,
+    RectificationReported,
+    RectificationVerified,
+)
 from domain.rules import deadline_of
-from domain.state import TaskState
+from domain.state import FindingState, InspectionState, TaskState
 
 
 class Row(BaseModel):
@@ -67,9 +76,13 @@ class ReadModel(Row):
     task: TaskRow
     inspections: list[InspectionRow]
     findings: list[FindingRow]
+    # False: `inspections` and `findings` are the task's whole sets (rows not listed go).
+    # True: they are only the rows that changed; the task's other rows stay as they are. A
+    # batch carries the changed rows only, so its size does not grow with the task's.
+    partial: bool = False
 
 
-def project(state: TaskState) -> ReadModel:
+def _task_row(state: TaskState) -> TaskRow:
     spec = state.spec
     nodes = [
         {"code": n.code, "title": n.title, "kind": n.kind, "status": n.status,
@@ -77,7 +90,7 @@ def project(state: TaskState) -> ReadModel:
          "on_time": n.on_time}
         for n in state.nodes
     ]
-    task = TaskRow(
+    return TaskRow(
         task_id=spec.task_id, plan_code=spec.plan_code, task_code=spec.task_code,
         unit_code=spec.unit.code, parent_unit=spec.parent_unit.code if spec.parent_unit else None,
         title=spec.title, lead_unit=spec.lead_unit.code, ladder=spec.ladder, status=state.status,
@@ -86,20 +99,59 @@ def project(state: TaskState) -> ReadModel:
         open_findings=sum(1 for f in state.findings if f.status != "closed"),
         last_seq=state.last_seq, updated_at=state.last_at,
     )
-    inspections = [
-        InspectionRow(inspection_id=i.inspection_id, task_id=spec.task_id, inspector=i.inspector,
-                      visited_at=i.visited_at, place=i.place, outcome=i.outcome,
-                      nodes=list(i.nodes), findings_count=len(i.findings))
-        for i in state.inspections
-    ]
-    findings = [
-        FindingRow(finding_id=f.finding_id, task_id=spec.task_id, inspection_id=f.inspection_id,
-                   severity=f.severity, description=f.description, status=f.status,
-                   deadline=f.deadline, evidence=[e.model_dump(mode="json") for e in f.evidence],
-                   closed_at=f.closed_at)
-        for f in state.findings
-    ]
-    return ReadModel(task=task, inspections=inspections, findings=findings)
+
+
+def _inspection_row(state: TaskState, i: InspectionState) -> InspectionRow:
+    return InspectionRow(inspection_id=i.inspection_id, task_id=state.spec.task_id,
+                         inspector=i.inspector, visited_at=i.visited_at, place=i.place,
+                         outcome=i.outcome, nodes=list(i.nodes), findings_count=len(i.findings))
+
+
+def _finding_row(state: TaskState, f: FindingState) -> FindingRow:
+    return FindingRow(finding_id=f.finding_id, task_id=state.spec.task_id,
+                      inspection_id=f.inspection_id, severity=f.severity,
+                      description=f.description, status=f.status, deadline=f.deadline,
+                      evidence=[e.model_dump(mode="json") for e in f.evidence],
+                      closed_at=f.closed_at)
+
+
+def project(state: TaskState) -> ReadModel:
+    """The task's whole read model."""
+    return ReadModel(task=_task_row(state),
+                     inspections=[_inspection_row(state, i) for i in state.inspections],
+                     findings=[_finding_row(state, f) for f in state.findings])
+
+
+def touched_rows(event: Event) -> tuple[frozenset[str], frozenset[str]]:
+    """The inspection ids and finding ids whose rows `event` can change (the task row aside).
+
+    Every event that changes an inspection or a finding names it, so a batch's changed rows
+    follow from its events alone; tests check this against the whole projection."""
+    match event:
+        case InspectionRecorded():
+            return (frozenset({event.inspection_id}),
+                    frozenset(f.finding_id for f in event.findings))
+        case RecheckRecorded():
+            return frozenset({f"recheck-{event.seq}"}), frozenset()  # the id evolve gives it
+        case RectificationOrdered() | RectificationReported() | RectificationVerified():
+            return frozenset(), frozenset({event.finding_id})
+        case EscalationFired(target_kind="finding"):
+            return frozenset(), frozenset({event.target})
+        case _:
+            return frozenset(), frozenset()
+
+
+def project_changed(state: TaskState, inspection_ids: Iterable[str],
+                    finding_ids: Iterable[str]) -> ReadModel:
+    """The task row and the named inspection and finding rows only (`partial`)."""
+    wanted_i, wanted_f = set(inspection_ids), set(finding_ids)
+    return ReadModel(
+        task=_task_row(state),
+        inspections=[_inspection_row(state, i) for i in state.inspections
+                     if i.inspection_id in wanted_i],
+        findings=[_finding_row(state, f) for f in state.findings if f.finding_id in wanted_f],
+        partial=True,
+    )
 
 
 class NoticeContext(Row):

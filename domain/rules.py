@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from domain.calendar import Calendar
 from domain.events import Light
 from domain.ladder import Ladder, LadderStep
 from domain.state import TaskState
@@ -28,13 +29,14 @@ class Target:
     fired: tuple[str, ...]
     cycle: int
     timezone: str
+    calendar: Calendar  # the task's recorded working days (its spec's, as last updated)
 
     def key(self, step: LadderStep) -> str:
         return f"{self.kind}:{self.ident}:{self.cycle}:{step.code}"
 
     def rung_time(self, step: LadderStep) -> tuple[dt.datetime, tuple[int, ...]]:
         """When the ladder names this rung (and any unpublished calendar years it crossed)."""
-        return step.after.after(self.base, self.timezone)
+        return step.after.after(self.base, self.timezone, self.calendar)
 
 
 @dataclass(frozen=True)
@@ -52,20 +54,21 @@ def main_ladder(state: TaskState) -> Ladder:
 def active_targets(state: TaskState) -> list[Target]:
     spec = state.spec
     main = main_ladder(state)
+    cal = spec.working_calendar
     out: list[Target] = []
     for n in state.nodes:
         if state.is_active and n.status == "open":
             out.append(Target("node", n.code, n.due, main, main.steps_from(spec.start_level),
-                              n.fired, n.cycle, spec.timezone))
+                              n.fired, n.cycle, spec.timezone, cal))
         if n.false_report_at is not None and n.status != "done":
             lad = spec.ladders[main.false_report_ladder]
             out.append(Target("false_report", n.code, n.false_report_at, lad, lad.steps,
-                              n.false_fired, n.false_cycle, spec.timezone))
+                              n.false_fired, n.false_cycle, spec.timezone, cal))
     rect = spec.ladders[main.rectification_ladder]
     for f in state.findings:
         if f.status == "open" and f.deadline is not None:
             out.append(Target("finding", f.finding_id, f.deadline, rect, rect.steps, f.fired, 0,
-                              spec.timezone))
+                              spec.timezone, cal))
     return out
 
 

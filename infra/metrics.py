@@ -27,6 +27,12 @@ NOTICES_SENT = Counter(
     "Notifications and supervision notices (督办单) sent, by channel.",
     ["channel"],
 )
+STORE_REFUSALS = Counter(
+    "duban_store_refusals",
+    "Event batches the store refused for good (a different event at a stored seq, a seq gap, "
+    "a malformed batch): the task's workflow decided events that are not recorded.",
+    ["kind"],
+)
 RECORD_LATENCY = Histogram(
     "duban_record_latency_seconds",
     "Time to record a batch of events (append + projections).",

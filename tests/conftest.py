@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +12,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from infra.devserver import DevServer, start_dev_server
-from infra.temporal_client import start_time_skipping
+from infra.temporal.client import start_time_skipping
+from infra.temporal.devserver import DevServer, start_dev_server
+from workflows.search import DEFINITIONS
 
-# The store fixtures are written separately; load them only once the file exists so that
-# collection never fails while the tree is being assembled.
-if (Path(__file__).parent / "fixtures_db.py").exists():
-    pytest_plugins = ["tests.fixtures_db"]
+pytest_plugins = ["tests.fixtures_db"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,7 +29,7 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """Time-skipping test server (no visibility: list/search-attribute queries need `dev_server`)."""
     # start_time_skipping registers Duban's search attributes: the test server rejects
     # undefined ones (it keeps no visibility, but accepts the writes).
-    env = await start_time_skipping()
+    env = await start_time_skipping(DEFINITIONS)
     try:
         yield env
     finally:
@@ -74,7 +71,8 @@ async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
     attributes registered) and a client with the pydantic converter; stopped by pid at session end."""
     tmp = tmp_path_factory.mktemp("devserver")
     server = await start_dev_server(
-        tmp / "temporal.db", log_file=tmp / "devserver.log", headless=True
+        tmp / "temporal.db", log_file=tmp / "devserver.log", headless=True,
+        search_attributes=DEFINITIONS,
     )
     try:
         client = await Client.connect(

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from domain.ladder import Ladder
 from domain.plan import Member, NodeSpec, Plan, RecheckPolicy, TaskDef, TaskSpec, Unit, resolve_plan
-from infra.plan_io import load_ladders
+from planfiles.ladders import load_ladders
 
 UNITS = (
     Unit(code="office", name="区委组织部", kind="office"),

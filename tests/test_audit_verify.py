@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,15 @@ from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from audit import checkpoint
+from audit.chain_check import verify_task_chain
+from audit.cli import audit_app
+from audit.replay import verify_task
 from domain.canonical import canonical_json
 from domain.hashchain import event_hash_canonical, genesis_hash
-from infra.audit.cli import audit_app
-from infra.audit.replay import verify_task
-from infra.binaries import temporal_cli_path
 from infra.db.store import EventStore, open_store
 from infra.settings import get_settings
+from infra.temporal.binaries import temporal_cli_path
 from tests.conftest import WORKFLOW_QUEUE
 from tests.histories.record_histories import drive
 
@@ -127,7 +128,7 @@ async def test_consistently_rechained_store_is_divergent_at_the_edit(
     cli_env(wf_store, _address(ts_env))
     accepted = _first(wf_store.load(task_id), "NodeAccepted")
     _rewrite(wf_store, task_id, accepted.seq, "note", "验收合格（改）", rechain=True)
-    assert wf_store.verify(task_id).ok  # the forger kept the chain whole
+    assert verify_task_chain(wf_store, task_id).ok  # the forger kept the chain whole
     code, out = await audit("verify", task_id, "--json", "--source", "live")
     report = _json(out)
     assert code == 1
@@ -167,30 +168,13 @@ async def test_history_of_another_task_is_divergent_from_seq_1(
 
 async def test_checkpoint_heads_reach_the_chain_check(
         ts_env: WorkflowEnvironment, worker: None, wf_store: EventStore, cli_env: Any,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     task_id = await drive(ts_env, "sanming", WORKFLOW_QUEUE)
     cli_env(wf_store, _address(ts_env))
     head = wf_store.head(task_id)
     cp = tmp_path / "heads.json"
-    cp.write_text("{}", encoding="utf-8")
-    monkeypatch.setitem(sys.modules, "infra.audit.checkpoint", None)  # not installed
-    code, out = await audit("verify", task_id, "--checkpoint", str(cp))
-    assert code == 2 and "needs infra/audit/checkpoint.py" in out
-    fake = types.ModuleType("infra.audit.checkpoint")
-    fake.load_checkpoint = lambda path: {task_id: (head.seq + 2, "ab" * 32)}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "infra.audit.checkpoint", fake)
-    code, out = await audit("verify", task_id, "--checkpoint", str(cp), "--json")
-    (task,) = _json(out)["tasks"]
-    assert code == 1 and task["first_bad_seq"] == head.seq + 1 and "truncated" in task["reason"]
-    code, out = await audit("verify", "--all", "--checkpoint", str(cp), "--chain-only", "--json")
-    report = _json(out)
-    assert code == 1  # (the session store also holds the other tests' tampered tasks)
-    (mine,) = [t for t in report["tasks"] if t["task_id"] == task_id]
-    assert mine["verdict"] == "tampered" and mine["first_bad_seq"] == head.seq + 1
-    monkeypatch.delitem(sys.modules, "infra.audit.checkpoint")
-    # a real signed checkpoint (infra/audit/checkpoint.py): a forger who rewrites a task and
+    # a real signed checkpoint (audit/checkpoint.py): a forger who rewrites a task and
     # recomputes its chain is caught by the chain check too, not only by the replay
-    checkpoint = pytest.importorskip("infra.audit.checkpoint")
     key = checkpoint.generate_key(tmp_path / "audit.key")
     checkpoint.write_checkpoint(checkpoint.make_checkpoint(wf_store, key), cp)
     code, out = await audit("verify", task_id, "--checkpoint", str(cp))
@@ -201,6 +185,22 @@ async def test_checkpoint_heads_reach_the_chain_check(
     (task,) = _json(out)["tasks"]
     assert code == 1 and task["verdict"] == "tampered" and task["first_bad_seq"] == fired.seq
     assert task["chain"]["first_bad_seq"] == head.seq and "checkpoint" in task["chain"]["reason"]
+    # truncation: a second task loses its last two events after the checkpoint was signed
+    other = await drive(ts_env, "sanming", WORKFLOW_QUEUE)
+    checkpoint.write_checkpoint(checkpoint.make_checkpoint(wf_store, key), cp)
+    other_head = wf_store.head(other)
+    with wf_store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM events WHERE task_id = :t AND seq > :s"),
+                     {"t": other, "s": other_head.seq - 2})
+    code, out = await audit("verify", other, "--checkpoint", str(cp), "--json")
+    (task,) = _json(out)["tasks"]
+    assert code == 1 and task["first_bad_seq"] == other_head.seq - 1, out
+    assert "truncated" in task["reason"]
+    code, out = await audit("verify", "--all", "--checkpoint", str(cp), "--chain-only", "--json")
+    report = _json(out)
+    assert code == 1
+    (mine,) = [t for t in report["tasks"] if t["task_id"] == other]
+    assert mine["verdict"] == "tampered" and mine["first_bad_seq"] == other_head.seq - 1
 
 
 @pytest.mark.e2e

@@ -15,11 +15,12 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from audit.chain_check import verify_task_chain
+from audit.export import build_report, render_html
+from audit.rules_check import check_rules, rules_for_task
+from audit.timeline import load_events, parse_as_of, show
 from domain import commands as c
 from domain import events as ev
-from infra.audit.export import build_report, render_html
-from infra.audit.rules_check import check_rules, rules_for_task
-from infra.audit.timeline import load_events, parse_as_of, show
 from infra.db.store import EventStore
 from tests.domain_strategies import Sim, build_spec
 from tests.test_keytask_workflow import start, update
@@ -170,7 +171,7 @@ def test_deleted_rung_with_recomputed_chain_is_missing(late_task: dict[str, Any]
     for i, e in enumerate(events[gone:], start=gone + 1):
         e["seq"] = i
     task_id = copy_into(store, events)
-    assert store.verify(task_id).ok  # the forged chain is internally consistent
+    assert verify_task_chain(store, task_id).ok  # the forged chain is internally consistent
     report = rules_for_task(store, task_id)
     verdicts = {r.step: r.verdict for r in report.rungs if r.target_kind == "node"}
     assert verdicts["order"] == "missing"
@@ -304,7 +305,7 @@ def test_export_json_and_html(late_task: dict[str, Any], wf_store: EventStore) -
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, wf_store: EventStore) -> Any:
-    from infra.audit.cli import audit_app
+    from audit.cli import audit_app
     from infra.settings import get_settings
 
     monkeypatch.setenv("DATABASE_URL", wf_store.engine.url.render_as_string(hide_password=False))
@@ -338,7 +339,7 @@ def test_cli_show_rules_export(cli: Any, late_task: dict[str, Any], tmp_path: An
 
 def test_cli_rules_strict_fails_on_a_missing_rung(late_task: dict[str, Any], tmp_path: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.audit.cli import audit_app
+    from audit.cli import audit_app
     from infra.db.engine import make_engine
     from infra.db.migrate import upgrade
     from infra.settings import get_settings

@@ -18,6 +18,7 @@ import pytest
 from domain import commands as c
 from domain import events as ev
 from domain.authz import authorise
+from domain.calendar import COMPAT_CALENDAR, calendar_from_days
 from domain.decide import decide, reject
 from domain.evolve import evolve
 from domain.plan import Member
@@ -40,15 +41,23 @@ ALLOWED: dict[str, set[str]] = {
     "accept": ACCEPTORS, "reject_claim": ACCEPTORS,
     "decide_extension": {"lead.head", "leader"},
     "inspect": {"supervisor"}, "verify_rectification": {"supervisor"}, "recheck": {"supervisor"},
+    "update_calendar": {"office.staff"},
 }
+# The task's calendar with 2027's notice published (two extra days off, one 调休 Saturday).
+_BASE = COMPAT_CALENDAR.restricted(2026, 2040)
+NEW_CALENDAR = calendar_from_days(
+    source="test 2027 notice", first_year=2026, last_year=2040, published=(*_BASE.published, 2027),
+    days_off=(*_BASE.days_off, dt.date(2027, 2, 11), dt.date(2027, 2, 12)),
+    working_weekends=(*_BASE.working_weekends, dt.date(2027, 2, 20)))
 
 
 def test_the_matrix_covers_every_command_and_role() -> None:
     assert set(ALLOWED) == set(c.COMMANDS)
     assert {m.roles for m in ROSTER} >= {("member",), ("head",), ("lead", "head"),
                                          ("supervisor",), ("auditor",), ("leader",), ("office",)}
-    # auditors and office staff never command
-    assert not any(a in allowed for allowed in ALLOWED.values() for a in ("auditor", "office.staff"))
+    # auditors never command; office staff only bring a task's working-day calendar up to date
+    assert not any("auditor" in allowed for allowed in ALLOWED.values())
+    assert {n for n, allowed in ALLOWED.items() if "office.staff" in allowed} == {"update_calendar"}
 
 
 # --- commands, and states in which each would succeed ------------------------------------------
@@ -69,6 +78,7 @@ def command(name: str, actor: str) -> c.Command:
         "report_rectification": {"finding_id": "F1", "note": "已补齐"},
         "verify_rectification": {"finding_id": "F1", "passed": True},
         "recheck": {"visited_at": NOW, "passed": True},
+        "update_calendar": {"calendar": NEW_CALENDAR, "note": "2027年放假安排已公布"},
     }[name]  # type: ignore[assignment]
     return c.COMMANDS[name](actor=actor, **fields)  # type: ignore[arg-type]
 
@@ -118,6 +128,7 @@ READY: dict[str, Callable[[], Sim]] = {
     "inspect": fresh, "accept": claimed, "reject_claim": claimed,
     "decide_extension": pending_extension, "report_rectification": with_finding(False),
     "verify_rectification": with_finding(True), "recheck": drawn_for_recheck,
+    "update_calendar": fresh,
 }
 
 
@@ -129,12 +140,15 @@ def expected_reason(name: str, actor: str) -> list[str]:
         return [repr(actor), "not on this plan's roster"]
     if name in ("acknowledge", "progress", "claim", "request_extension", "report_rectification"):
         return [cls, "only members of 东城镇一村 (v01)", actor]
+    if name == "update_calendar":
+        return [cls, "only the office", actor]
     if actor in UNIT:
         return [cls, "may not check its own work", actor]
     if name in ("accept", "reject_claim"):
-        return [cls, "only a supervisor or the lead unit office"]
+        return [cls, "only a supervisor (督查组), or the lead unit office's lead, head or member",
+                f"{actor} belongs to"]
     if name == "decide_extension":
-        return [cls, "lead/head or a leader"]
+        return [cls, "lead/head or a leader", f"{actor} belongs to"]
     return [cls, "only a supervisor", actor]
 
 
@@ -187,6 +201,12 @@ def overdue() -> Sim:
     return sim
 
 
+def calendar_updated() -> Sim:
+    sim = fresh()
+    sim.ok(c.UpdateCalendar(actor="office.staff", calendar=NEW_CALENDAR), T0 + DAY)
+    return sim
+
+
 WRONG_STATE: dict[str, tuple[Callable[[], Sim], str]] = {
     "acknowledge": (acknowledged, "duplicate"),
     "progress": (acknowledged, "not_allowed"),  # 40 < 60: progress does not go down
@@ -199,6 +219,7 @@ WRONG_STATE: dict[str, tuple[Callable[[], Sim], str]] = {
     "report_rectification": (fresh, "unknown_finding"),
     "verify_rectification": (with_finding(False), "not_allowed"),
     "recheck": (claimed, "not_allowed"),
+    "update_calendar": (calendar_updated, "duplicate"),
 }
 
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from domain.hashchain import heads_root
-from infra.audit.checkpoint import (
+from audit.chain_check import verify_task_chain
+from audit.checkpoint import (
     CheckpointError,
     fingerprint,
     generate_key,
@@ -26,6 +26,7 @@ from infra.audit.checkpoint import (
     verify_against_checkpoint,
     write_checkpoint,
 )
+from domain.hashchain import heads_root
 from infra.db.store import EventStore
 
 UTC = dt.UTC
@@ -124,7 +125,7 @@ def test_tampered_checkpoint_is_refused(filled: EventStore, key: Ed25519PrivateK
 
 def test_merkle_root_is_checked_too(filled: EventStore, key: Ed25519PrivateKey) -> None:
     """A root that does not match its heads is refused even under a valid signature."""
-    from infra.audit.checkpoint import _signed_bytes
+    from audit.checkpoint import _signed_bytes
 
     doc = make_checkpoint(filled, key)
     body = {k: v for k, v in doc.items() if k != "signature"}
@@ -166,7 +167,7 @@ def test_truncation_rewrite_and_deletion_are_found(filled: EventStore,
     filled.append("p/B/v01", [ev("p/B/v01", s, percent=50 + s) for s in range(1, 5)])
     # C: deleted altogether
     sql(filled, "DELETE FROM events WHERE task_id = 'p/C/v02'")
-    assert filled.verify("p/A/v01").ok and filled.verify("p/B/v01").ok  # chains alone: fine
+    assert verify_task_chain(filled, "p/A/v01").ok and verify_task_chain(filled, "p/B/v01").ok  # chains alone: fine
     report = verify_against_checkpoint(filled, doc)
     assert not report.ok
     by = {t.task_id: t for t in report.tasks}
@@ -189,7 +190,7 @@ def test_edited_event_below_the_head_is_tampered(filled: EventStore,
 
 def test_cli_keygen_checkpoint_verify(filled: EventStore, tmp_path: Path, db_url: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.audit.cli import audit_app
+    from audit.cli import audit_app
     from infra.settings import get_settings
 
     monkeypatch.setenv("DATABASE_URL", db_url)

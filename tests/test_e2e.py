@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from infra.binaries import temporal_cli_path
 from infra.db.store import open_store
+from infra.temporal.binaries import temporal_cli_path
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "duban-e2e"

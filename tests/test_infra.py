@@ -21,12 +21,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 # Imported normally on purpose: the workflows below re-import it inside the sandbox.
-from infra import search_attributes
+from workflows import search as search_attributes
 
 # The sandbox re-imports this module for its workflows; these are not workflow code.
 with workflow.unsafe.imports_passed_through():
-    from infra import binaries, devserver
     from infra.settings import REPO_ROOT, Settings
+    from infra.temporal import binaries, devserver
 
 # --------------------------------------------------------------------------- binaries
 
@@ -96,11 +96,15 @@ def test_settings_from_env(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- search attributes
 
 
-def test_dev_server_args_cover_every_key() -> None:
-    args = search_attributes.DEV_SERVER_ARGS
-    assert args[0::2] == ["--search-attribute"] * len(search_attributes.ALL)
-    assert "DubanNextDue=Datetime" in args and "DubanLevel=Int" in args
-    assert {a.split("=")[0] for a in args[1::2]} == {k.name for k in search_attributes.ALL}
+def test_dev_server_command_registers_every_key_and_dynamic_config() -> None:
+    cmd = devserver._command(7233, None, None, search_attributes.DEFINITIONS,
+                             {"limit.historyCount.suggestContinueAsNew": 200, "x.flag": True})
+    pairs = list(zip(cmd, cmd[1:], strict=False))
+    registered = [b for a, b in pairs if a == "--search-attribute"]
+    assert "DubanNextDue=Datetime" in registered and "DubanLevel=Int" in registered
+    assert {r.split("=")[0] for r in registered} == {k.name for k in search_attributes.ALL}
+    dyn = [b for a, b in pairs if a == "--dynamic-config-value"]
+    assert dyn == ["limit.historyCount.suggestContinueAsNew=200", "x.flag=true"]
 
 
 # --------------------------------------------------------------------------- metrics and logging
@@ -228,7 +232,8 @@ async def test_dev_server_visibility_query_on_light(dev_server) -> None:  # type
 @pytest.mark.e2e
 async def test_dev_server_starts_on_free_ports_and_stops_by_pid(tmp_path: Path) -> None:
     server = await devserver.start_dev_server(
-        tmp_path / "t.db", log_file=tmp_path / "dev.log", headless=True
+        tmp_path / "t.db", log_file=tmp_path / "dev.log", headless=True,
+        search_attributes=search_attributes.DEFINITIONS,
     )
     try:
         assert server.address.startswith("127.0.0.1:") and server.ui_url is None
@@ -246,7 +251,7 @@ async def test_dev_server_starts_on_free_ports_and_stops_by_pid(tmp_path: Path) 
 
 @pytest.mark.e2e
 async def test_ensure_search_attributes_is_idempotent(dev_server) -> None:  # type: ignore[no-untyped-def]
-    from infra.temporal_client import ensure_search_attributes
+    from infra.temporal.client import ensure_search_attributes
 
     # The dev server registered them all at start, so nothing is missing.
-    assert await ensure_search_attributes(dev_server.client) == []
+    assert await ensure_search_attributes(dev_server.client, search_attributes.DEFINITIONS) == []

@@ -26,19 +26,11 @@ from domain.plan import (
     resolve_plan,
     validate_plan,
 )
-from infra.plan_io import (
-    DEMO_LADDER,
-    LADDER_DIR,
-    PlanReadError,
-    demo_plan,
-    load_ladders,
-    load_plan,
-    plan_to_xlsx_bytes,
-    read_plan,
-    read_plan_xlsx,
-    write_plan_xlsx,
-    write_plan_yaml,
-)
+from planfiles import PlanReadError, load_plan, read_plan
+from planfiles.demo_plan import DEMO_LADDER, demo_plan
+from planfiles.ladders import LADDER_DIR, load_ladders
+from planfiles.xlsx_format import plan_to_xlsx_bytes, read_plan_xlsx, write_plan_xlsx
+from planfiles.yaml_format import write_plan_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_YAML = ROOT / "plans" / "sample-2026.yaml"
@@ -68,7 +60,7 @@ def test_sample_yaml_and_xlsx_are_the_same_plan(sample: Plan) -> None:
 
 def test_committed_xlsx_is_current(sample: Plan) -> None:
     """plans/sample-2026.xlsx is exactly what write_plan_xlsx makes of the YAML (regenerate with
-    `python -m infra.plan_io convert plans/sample-2026.yaml plans/sample-2026.xlsx`)."""
+    `starter.py plan convert plans/sample-2026.yaml plans/sample-2026.xlsx`)."""
     assert plan_to_xlsx_bytes(sample) == SAMPLE_XLSX.read_bytes()
 
 

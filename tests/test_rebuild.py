@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from audit.rebuild import compare_rows, read_model_for, rebuild, rebuild_task
 from domain import events as ev
-from infra.audit.rebuild import compare_rows, read_model_for, rebuild, rebuild_task
 from infra.db.store import EventStore
 from tests.test_audit_views import settled
 from tests.test_keytask_workflow import start, update

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from domain.commands import COMMANDS
-from domain.events import AnyEvent
-from infra.audit.replay import (
+from audit.replay import (
     Batch,
     RunReplay,
     compare_runs,
@@ -21,6 +19,8 @@ from infra.audit.replay import (
     replay_histories,
     verify_tasks,
 )
+from domain.commands import COMMANDS
+from domain.events import AnyEvent
 from infra.db.store import EventStore
 from tests.conftest import WORKFLOW_QUEUE
 from tests.histories.record_histories import SCENARIOS, drive
@@ -146,7 +146,7 @@ async def test_replay_agreement_with_the_store(ts_env: WorkflowEnvironment, work
     """Tasks driven through every command and every ladder step (the recording scenarios, on
     the session worker): their engine histories replay to exactly the stored events, live and
     from the archive; `audit archive` then completes the archives of the closed runs."""
-    from infra.audit.replay import archive_closed_runs
+    from audit.replay import archive_closed_runs
 
     task_ids = [await drive(ts_env, name, WORKFLOW_QUEUE) for name in SCENARIOS]
     live = await verify_tasks(task_ids, store=wf_store, client=ts_env.client, source="live")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from audit.chain_check import _StoreAudit, verify_store, verify_task_chain
 from domain.canonical import canonical_json
 from domain.hashchain import genesis_hash, verify_chain
 from infra.db.engine import make_engine
@@ -313,7 +314,7 @@ def test_append_and_load(store: EventStore) -> None:
     assert (first.type, first.actor, first.schema_version) == ("TaskAssigned", "system", 2)
     rows = [(e.seq, e.event, e.prev_hash, e.hash) for e in loaded]
     assert verify_chain(T, rows).ok
-    assert store.verify(T).ok
+    assert verify_task_chain(store, T).ok
 
 
 def test_same_batch_twice_is_stored_once(store: EventStore) -> None:
@@ -334,7 +335,7 @@ def test_reappend_after_crash_with_new_events(store: EventStore) -> None:
     assert [e.seq for e in store.load(T)] == list(range(1, 9))
     overlap = store.append(T, batch(T, 4, 10))
     assert (overlap.appended, overlap.skipped, overlap.head_seq) == (2, 5, 10)
-    assert store.verify(T).ok
+    assert verify_task_chain(store, T).ok
 
 
 def test_reformatted_stored_payload_still_counts_as_the_same(store: EventStore) -> None:
@@ -348,7 +349,7 @@ def test_reformatted_stored_payload_still_counts_as_the_same(store: EventStore) 
             {"payload_text": json.dumps(original, indent=2, ensure_ascii=True)},
         )
     assert store.append(T, batch(T, 1, 4)).appended == 1
-    assert store.verify(T).ok  # semantically the same event: not tampering
+    assert verify_task_chain(store, T).ok  # semantically the same event: not tampering
 
 
 def test_gap_changes_nothing(store: EventStore) -> None:
@@ -425,7 +426,7 @@ def test_concurrent_appends_of_the_same_batch_store_one_copy(store: EventStore) 
         assert sorted(r.appended for r in results) == [0, 30]
         assert sorted(r.skipped for r in results) == [0, 30]
         assert count_rows(store, task_id) == 30
-        assert store.verify(task_id).ok
+        assert verify_task_chain(store, task_id).ok
 
 
 def test_integrity_error_is_retried_as_an_idempotent_recheck(
@@ -444,7 +445,7 @@ def test_integrity_error_is_retried_as_an_idempotent_recheck(
     result = store.append(T, batch(T, 1, 6))
     assert len(calls) == 2
     assert (result.appended, result.skipped, result.head_seq) == (2, 4, 6)
-    assert count_rows(store, T) == 6 and store.verify(T).ok
+    assert count_rows(store, T) == 6 and verify_task_chain(store, T).ok
 
 
 # --- read models ----------------------------------------------------------------------------
@@ -642,14 +643,14 @@ def test_verify_all_fast_screen_passes_clean_rows_without_fallback(
     for i in range(5):
         store.append(f"T{i}", varied_events(f"T{i}"))
     fallbacks: list[str] = []
-    real = EventStore.verify
+    real = _StoreAudit.verify
 
-    def counting(self: EventStore, task_id: str, head: tuple[int, str] | None = None) -> Any:
+    def counting(self: _StoreAudit, task_id: str, head: tuple[int, str] | None = None) -> Any:
         fallbacks.append(task_id)
         return real(self, task_id, head)
 
-    monkeypatch.setattr(EventStore, "verify", counting)
-    report = store.verify_all(batch=7)
+    monkeypatch.setattr(_StoreAudit, "verify", counting)
+    report = verify_store(store, batch=7)
     assert report.ok and (report.tasks, report.events) == (5, 100)
     assert fallbacks == []
 
@@ -659,7 +660,7 @@ def test_non_utc_offsets_verify_through_the_exact_path(store: EventStore) -> Non
     events[1]["at"] = "2026-11-05T18:00:00.5+08:00"
     store.append(T, events)
     assert store.load(T)[1].occurred_at == dt.datetime(2026, 11, 5, 10, 0, 0, 500000, tzinfo=UTC)
-    assert store.verify(T).ok and store.verify_all().ok
+    assert verify_task_chain(store, T).ok and verify_store(store).ok
 
 
 def test_verify_all_with_checkpoints_and_workers(store: EventStore) -> None:
@@ -668,7 +669,7 @@ def test_verify_all_with_checkpoints_and_workers(store: EventStore) -> None:
         task_id = f"W{i}"
         result = store.append(task_id, batch(task_id, 1, 10))
         heads[task_id] = (result.head_seq, result.head_hash)
-    assert store.verify_all(checkpoints=heads, workers=2).ok
+    assert verify_store(store, checkpoints=heads, workers=2).ok
     with store.engine.begin() as conn:
         conn.execute(sa.delete(events_t).where(events_t.c.task_id == "W5", events_t.c.seq >= 9))
         conn.execute(sa.delete(events_t).where(events_t.c.task_id == "W0"))
@@ -678,14 +679,14 @@ def test_verify_all_with_checkpoints_and_workers(store: EventStore) -> None:
             .values(actor="x")
         )
     for workers in (1, 2):
-        report = store.verify_all(checkpoints=heads, workers=workers)
+        report = verify_store(store, checkpoints=heads, workers=workers)
         found = {t: (v.first_bad_seq, v.reason) for t, v in report.failures}
         assert found == {
             "W0": (1, "truncated: store ends at seq 0, checkpoint says 10"),
             "W3": (4, "column actor='x' disagrees with payload 'unit:乡镇A'"),
             "W5": (9, "truncated: store ends at seq 8, checkpoint says 10"),
         }, workers
-    assert not store.verify_all().ok  # W3 is bad even without checkpoints
+    assert not verify_store(store).ok  # W3 is bad even without checkpoints
 
 
 # --- the tamper mutation test ---------------------------------------------------------------
@@ -740,18 +741,18 @@ class Tamperer:
 
     def expect(self, seq: int, what: str, *, head: bool = True) -> None:
         expected_head = self.head if head else None
-        verdict = self.store.verify(self.task_id, expected_head)
+        verdict = verify_task_chain(self.store, self.task_id, expected_head)
         assert not verdict.ok, f"{what}: not detected"
         assert verdict.first_bad_seq == seq, f"{what}: {verdict}"
         # The bulk audit (fast screen on SQLite, streaming walk on PostgreSQL) agrees.
         checkpoints = {self.task_id: self.head} if head else {}
-        report = dict(self.store.verify_all(checkpoints=checkpoints).failures)
+        report = dict(verify_store(self.store, checkpoints=checkpoints).failures)
         assert report.get(self.task_id) == verdict, f"{what}: verify_all disagrees"
         self.checked += 1
 
     def expect_clean(self) -> None:
-        assert self.store.verify(self.task_id, self.head).ok
-        assert self.store.verify_all(checkpoints={self.task_id: self.head}).ok
+        assert verify_task_chain(self.store, self.task_id, self.head).ok
+        assert verify_store(self.store, checkpoints={self.task_id: self.head}).ok
 
 
 def _changed(value: Any) -> Any:
@@ -864,12 +865,12 @@ def test_every_single_tamper_is_detected_at_its_seq(store: EventStore) -> None:
     # Every cut-off tail.
     for keep in range(n - 1, -1, -1):
         tamper.delete(rows[keep])
-        verdict = store.verify(T, tamper.head)
+        verdict = verify_task_chain(store, T, tamper.head)
         assert not verdict.ok and verdict.first_bad_seq == keep + 1
         assert verdict.reason == f"truncated: store ends at seq {keep}, checkpoint says {n}"
-        assert dict(store.verify_all(checkpoints={T: tamper.head}).failures)[T] == verdict
+        assert dict(verify_store(store, checkpoints={T: tamper.head}).failures)[T] == verdict
     for row in rows:
         tamper.reinsert(row)
     tamper.expect_clean()
-    assert store.verify("neighbour").ok
+    assert verify_task_chain(store, "neighbour").ok
     assert tamper.checked > 20 * 20

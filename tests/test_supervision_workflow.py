@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from infra.inspection_import import import_inspections
+from service.inspection_import import import_inspections
 from tests.test_keytask_workflow import events, near, of_type, start, ts, update
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

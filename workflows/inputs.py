@@ -12,12 +12,17 @@ from domain.state import TaskState
 
 
 class Carried(BaseModel):
-    """What a continued run starts from: the folded state and the latest events (for queries)."""
+    """What a continued run starts from: the folded state and the latest events (for queries).
+
+    `pending`: events the previous run decided but did not record, in seq order; `state` is
+    then the state as recorded (at `recorded_seq`), and the new run folds and records
+    `pending` first. Runs before this field carried the whole state and no pending events."""
 
     model_config = ConfigDict(frozen=True)
     state: TaskState
     recent: list[dict[str, Any]]
     recorded_seq: int
+    pending: list[dict[str, Any]] = []
 
 
 class KeyTaskInput(BaseModel):

@@ -19,13 +19,26 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain import events as ev
-    from domain.commands import Command, Rejection, actor_of, parse_command
+    from domain.commands import (
+        FIRST_COMMANDS,
+        Command,
+        Rejection,
+        actor_of,
+        parse_command,
+        size_rejection,
+    )
     from domain.decide import assign, decide, reject, tick
     from domain.evolve import evolve
-    from domain.projection import RecordBatch, notice_context, project
+    from domain.projection import (
+        RecordBatch,
+        notice_context,
+        project,
+        project_changed,
+        touched_rows,
+    )
     from domain.rules import next_wakeup
     from domain.state import TaskState
-    from infra import search_attributes as sa
+    from workflows import search as sa
     from workflows.inputs import Carried, KeyTaskInput
 
 WORKFLOW_NAME = "KeyTask"
@@ -35,12 +48,39 @@ RECENT_EVENTS_KEPT = 500
 # Patches (workflow.patched): each guards a change in the commands the workflow emits, so the
 # histories of earlier versions (tests/histories/) still replay.
 DRAIN_PATCH = "drain-after-archive"
+# Record in bounded batches, with the clock and continue-as-new looked at between batches, and
+# carry unrecorded events into the next run (Carried.pending) instead of draining them.
+BOUNDED_PATCH = "bounded-batches"
+STRICT_PATCH = "strict-command-fields"  # bools/strings/numbers no longer coerced (commands.py)
+SIZE_PATCH = "command-size-limit"  # a signal over MAX_COMMAND_BYTES is refused unread
+REPLY_BY_PATCH = "reply-by-rule-time"  # 反馈时限 from the rung's rule time, to the end of day
+# The 回头看 draw derived from the completion event (domain.decide.recheck_draw) and recorded
+# with its basis, instead of workflow.random() taken on every tick.
+RECHECK_DRAW_PATCH = "recheck-draw-from-record"
+CALENDAR_COMMAND_PATCH = "update-calendar-command"  # commands.LATER_COMMANDS become known
+# One record_batch input: at most this many events and this many bytes of event JSON (a single
+# larger event still goes, alone); its read model holds only the rows those events changed.
+BATCH_MAX_EVENTS = 200
+BATCH_MAX_BYTES = 128 * 1024
+# What a continued run may be handed: unrecorded events up to this many bytes (the rest are
+# recorded first), and the latest events for queries up to RECENT_MAX_BYTES.
+CARRY_MAX_BYTES = 256 * 1024
+RECENT_MAX_BYTES = 512 * 1024
+# The server refuses a run's 10,001st signal and stops a history at 51,200 events: continue as
+# new well before either, whatever the server's suggestion says, leaving room for the signals
+# that arrive while the run winds down.
+SIGNALS_PER_RUN = 4_000
+HISTORY_EVENTS_PER_RUN = 10_000
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(minutes=5))
 
 
 def workflow_id(task_id: str) -> str:
     return task_id
+
+
+def _json_size(e: dict[str, Any]) -> int:
+    return len(json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 def _excerpt(payload: object) -> str:
@@ -58,23 +98,132 @@ class KeyTask:
         self._events_this_run = 0
         self._needs_tick = True  # a command arrived since the clock last looked at the state
         self._sa_last: dict[str, Any] | None = None
+        self._signals_this_run = 0
+        self._bounded = False  # set by run(): BOUNDED_PATCH
+        # Parallel to _unrecorded: each event's JSON, its size, and the state right after it
+        # (a batch's read model describes the state at the batch's last event).
+        self._unrecorded: list[ev.Event] = []
+        self._pending_json: list[dict[str, Any]] = []
+        self._pending_size: list[int] = []
+        self._after: list[TaskState] = []
+        self._recorded_state: TaskState | None = None  # the state at _recorded_seq
         if inp.carried is not None:
             self._state: TaskState = inp.carried.state
             self._recent: list[dict[str, Any]] = list(inp.carried.recent)
             self._recorded_seq = inp.carried.recorded_seq
-            self._unrecorded: list[ev.Event] = []
+            self._recorded_state = inp.carried.state
+            for data in inp.carried.pending:  # already in `recent`: folded, not pushed again
+                e = ev.parse_event(data)
+                self._state = evolve(self._state, e)
+                self._queue(e, data)
         else:
             first = assign(inp.spec, workflow.now())
             self._state = evolve(None, first)
             self._recent = []
             self._recorded_seq = 0
-            self._unrecorded = []
             self._push(first)
 
     # --- the loop ------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, inp: KeyTaskInput) -> dict[str, Any]:
+        self._bounded = workflow.patched(BOUNDED_PATCH)
+        if self._bounded:
+            return await self._run_bounded(inp)
+        return await self._run_unbounded(inp)
+
+    async def _run_bounded(self, inp: KeyTaskInput) -> dict[str, Any]:
+        """One bounded batch per pass; between batches the clock ticks and continue-as-new is
+        considered, so a flood of commands neither stalls the ladder nor outgrows the run."""
+        while True:
+            self._tick()
+            await self._flush_batch()
+            if self._state.status == "closed" and not self._unrecorded:
+                break
+            if self._should_continue():
+                await self._continue_as_new(inp)
+            if self._unrecorded or self._needs_tick:
+                continue  # more to record, or commands came in while recording
+            now = workflow.now()
+            wake = next_wakeup(self._state, now)
+            timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
+                                              timeout_summary="next deadline or ladder rung")
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record_rest(inp)
+        await self._archive("closed")
+        # Refusals of commands that arrived while the run archived itself.
+        await self._record_rest(inp)
+        return {"task_id": self._state.task_id, "status": self._state.status,
+                "last_seq": self._state.last_seq}
+
+    async def _record_rest(self, inp: KeyTaskInput) -> None:
+        """Record what is unrecorded (a closed task still records refused commands), batch by
+        batch; past the run's limits the rest goes to a new run."""
+        while self._unrecorded:
+            await self._flush_batch()
+            if self._unrecorded and self._should_continue():
+                await self._continue_as_new(inp)
+
+    async def _continue_as_new(self, inp: KeyTaskInput) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._tick()
+        while self._recorded_state is None or sum(self._pending_size) > CARRY_MAX_BYTES:
+            await self._flush_batch()  # the next run's input stays small
+        await self._archive("continued_as_new")
+        # Commands answered during the archive are in _unrecorded: the next run records them.
+        assert self._recorded_state is not None
+        workflow.continue_as_new(KeyTaskInput(
+            spec=self._state.spec,
+            carried=Carried(state=self._recorded_state, recent=self._recent_tail(),
+                            recorded_seq=self._recorded_seq, pending=list(self._pending_json)),
+            continue_after_events=inp.continue_after_events,
+        ))
+
+    def _recent_tail(self) -> list[dict[str, Any]]:
+        kept: list[dict[str, Any]] = []
+        size = 0
+        for e in reversed(self._recent[-RECENT_EVENTS_KEPT:]):
+            size += _json_size(e)
+            if kept and size > RECENT_MAX_BYTES:
+                break
+            kept.append(e)
+        return kept[::-1]
+
+    async def _flush_batch(self) -> None:
+        """Record the oldest unrecorded events, at most BATCH_MAX_EVENTS / BATCH_MAX_BYTES."""
+        if self._unrecorded:
+            n, size = 0, 0
+            for b in self._pending_size:
+                if n and (n >= BATCH_MAX_EVENTS or size + b > BATCH_MAX_BYTES):
+                    break
+                n, size = n + 1, size + b
+            batch, jsons, state = self._unrecorded[:n], self._pending_json[:n], self._after[n - 1]
+            del self._unrecorded[:n], self._pending_json[:n], self._pending_size[:n], \
+                self._after[:n]
+            inspections: set[str] = set()
+            findings: set[str] = set()
+            for e in batch:
+                i, f = touched_rows(e)
+                inspections |= i
+                findings |= f
+            notices = [notice_context(state, e) for e in batch if isinstance(e, ev.EscalationFired)]
+            await workflow.execute_activity(
+                RECORD_ACTIVITY,
+                RecordBatch(task_id=state.task_id, events=jsons,
+                            read_model=project_changed(state, inspections, findings),
+                            notices=notices),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RECORD_RETRY,
+                summary=f"record {len(batch)} event(s)",
+            )
+            self._recorded_seq = batch[-1].seq
+            self._recorded_state = state
+        self._upsert_search_attributes()
+
+    async def _run_unbounded(self, inp: KeyTaskInput) -> dict[str, Any]:
+        """The loop of runs recorded before BOUNDED_PATCH (kept so their histories replay)."""
         while True:
             self._tick()
             await self._flush()
@@ -122,11 +271,26 @@ class KeyTask:
         limit = self._inp.continue_after_events
         if limit is not None and self._events_this_run >= limit:
             return True
-        return workflow.info().is_continue_as_new_suggested()
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        if not self._bounded:
+            return False
+        # Our own limits too: the server's suggestion counts history events and bytes only, and
+        # comes late for a flood of signals, which has a limit of its own.
+        return (self._signals_this_run >= SIGNALS_PER_RUN
+                or info.get_current_history_length() >= HISTORY_EVENTS_PER_RUN)
+
+    def _queue(self, e: ev.Event, data: dict[str, Any]) -> None:
+        self._unrecorded.append(e)
+        self._pending_json.append(data)
+        self._pending_size.append(_json_size(data))
+        self._after.append(self._state)
 
     def _push(self, e: ev.Event) -> None:
-        self._unrecorded.append(e)
-        self._recent.append(ev.event_json(e))
+        data = ev.event_json(e)
+        self._queue(e, data)
+        self._recent.append(data)
         if len(self._recent) > 2 * RECENT_EVENTS_KEPT:
             self._recent = self._recent[-RECENT_EVENTS_KEPT:]
         self._events_this_run += 1
@@ -138,12 +302,16 @@ class KeyTask:
 
     def _tick(self) -> None:
         self._needs_tick = False
-        draw = workflow.random().randint(0, 99)
-        self._emit(tick(self._state, workflow.now(), draw))
+        # Histories from before RECHECK_DRAW_PATCH took a random number on every tick (so how
+        # often the workflow woke decided the draw); they replay with exactly that.
+        draw = None if workflow.patched(RECHECK_DRAW_PATCH) else workflow.random().randint(0, 99)
+        self._emit(tick(self._state, workflow.now(), draw,
+                        reply_by_rule_time=workflow.patched(REPLY_BY_PATCH)))
 
     async def _flush(self) -> None:
         while self._unrecorded:
             batch, self._unrecorded = self._unrecorded, []
+            self._pending_json, self._pending_size, self._after = [], [], []
             notices = [notice_context(self._state, e) for e in batch
                        if isinstance(e, ev.EscalationFired)]
             await workflow.execute_activity(
@@ -191,7 +359,9 @@ class KeyTask:
         """Decide one command; a refusal is itself recorded, and changes nothing else."""
         self._needs_tick = True
         now = workflow.now()
-        cmd = parse_command(name, payload)
+        cmd = parse_command(name, payload, lax=not workflow.patched(STRICT_PATCH),
+                            known=None if workflow.patched(CALENDAR_COMMAND_PATCH)
+                            else FIRST_COMMANDS)
         result: list[ev.Event] | Rejection = (
             cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, now)
         )
@@ -208,10 +378,29 @@ class KeyTask:
             raise ValueError(f"expected exactly one JSON object argument, got {len(args)}")
         return workflow.payload_converter().from_payload(args[0].payload)
 
+    @staticmethod
+    def _size(args: Sequence[RawValue]) -> int:
+        """The payload's size as sent, read before anything decodes it."""
+        return sum(len(a.payload.data) for a in args)
+
+    @staticmethod
+    def _raw_excerpt(args: Sequence[RawValue]) -> str:
+        head = args[0].payload.data[:200] if args else b""
+        return head.decode("utf-8", errors="replace") + " …"
+
     @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
         # Raw values, so that no payload can be dropped by the SDK before we see it: a bad one
-        # is recorded as a rejected command instead (see DESIGN.md, engine facts).
+        # is recorded as a rejected command instead (a typed handler would drop it with a log line).
+        self._signals_this_run += 1
+        too_large = size_rejection(name, self._size(args))
+        if too_large is not None and workflow.patched(SIZE_PATCH):
+            # Refused unread: decoding it would cost the workflow task, and recording it would
+            # put the whole payload in the store; a short excerpt says what it was.
+            self._needs_tick = True
+            self._emit([reject(self._state, name, "unknown", too_large, self._raw_excerpt(args),
+                               workflow.now())])
+            return
         try:
             payload = self._decode(args)
         except Exception as exc:  # noqa: BLE001 - anything undecodable is a malformed command
@@ -236,13 +425,24 @@ class KeyTask:
     @on_update.validator
     def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         # Malformed input never reaches history: the caller gets the reason, nothing is written.
+        # Size first, unread: the reason must not repeat a payload that is too big to carry.
+        too_large = size_rejection(name, self._size(args))
+        if too_large is not None:
+            raise ApplicationError(too_large.reason, type="Rejected.too_large",
+                                   non_retryable=True)
+        # A refusal here is final (non-retryable, typed like the handler's), and carries its
+        # reason once: no chained cause repeating it.
+        if len(args) != 1:
+            raise ApplicationError(f"{name}: expected exactly one JSON object argument, got "
+                                   f"{len(args)}", type="Rejected.malformed", non_retryable=True)
         try:
             payload = self._decode(args)
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"undecodable payload: {exc}") from exc
+            raise ApplicationError(f"undecodable payload: {exc}", type="Rejected.malformed",
+                                   non_retryable=True) from None
         cmd = parse_command(name, payload)
         if isinstance(cmd, Rejection):
-            raise ValueError(cmd.reason)
+            raise ApplicationError(cmd.reason, type=f"Rejected.{cmd.code}", non_retryable=True)
 
     # --- queries -------------------------------------------------------------------------
 

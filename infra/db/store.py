@@ -12,10 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
-import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
@@ -27,7 +24,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
-    func,
     select,
     text,
     update,
@@ -39,10 +35,6 @@ from sqlalchemy.exc import IntegrityError
 
 from domain.canonical import CanonicalError, canonical_json
 from domain.hashchain import (
-    EVENT_DOMAIN,
-    GENESIS_DOMAIN,
-    ChainVerdict,
-    ChainVerifier,
     event_hash_canonical,
     genesis_hash,
 )
@@ -64,7 +56,6 @@ __all__ = [
     "AppendResult",
     "ArchiveConflictError",
     "ArchiveRecord",
-    "AuditReport",
     "ConflictError",
     "EventStore",
     "GapError",
@@ -150,11 +141,13 @@ class AppendResult:
 @dataclass(slots=True)
 class ReadModel:
     """Projection rows of one task: `task` has the `tasks` columns; inspections and findings
-    replace the task's current sets."""
+    replace the task's current sets, or with `partial` are only the rows to insert or update
+    (the task's other rows stay)."""
 
     task: dict[str, Any]
     inspections: list[dict[str, Any]] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,19 +175,6 @@ class ArchiveRecord:
     event_count: int
     archived_at: dt.datetime
     intact: bool  # sha256 of `history` still equals the stored digest
-
-
-@dataclass(frozen=True, slots=True)
-class AuditReport:
-    """Result of verifying every task: counts, and the verdict of each task that failed."""
-
-    tasks: int
-    events: int
-    failures: list[tuple[str, ChainVerdict]]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +235,8 @@ class EventStore:
         Events already stored with identical canonical bytes are skipped, so re-sending a
         committed batch (with or without new events after it) is harmless. The read model is
         applied only if it describes the resulting head (`task["last_seq"]`), so a late retry
-        never overwrites a newer projection. Raises ConflictError, GapError or ValueError and
+        never overwrites a newer projection; a `partial` one upserts just the rows it carries
+        (the rows the batch's events changed), so re-applying it is harmless too. Raises ConflictError, GapError or ValueError and
         then writes nothing."""
         prepared = _prepare(task_id, events)
         if read_model is not None:
@@ -347,6 +328,8 @@ class EventStore:
             normalised = [_normalise(table, row, task_id) for row in rows]
             if normalised:
                 self._upsert(conn, table, normalised, [key, "task_id"])
+            if rm.partial:
+                continue
             keep = [row[key] for row in normalised]
             conn.execute(delete(table).where(table.c.task_id == task_id, table.c[key].not_in(keep)))
 
@@ -394,7 +377,7 @@ class EventStore:
 
     # -- reading events --
 
-    _event_cols = (
+    _event_cols = EVENT_COLUMNS = (
         events_t.c.task_id,
         events_t.c.seq,
         sql_cast(events_t.c.payload, Text).label("raw"),
@@ -436,233 +419,6 @@ class EventStore:
             )
             for row in result:
                 yield _stored(row)
-
-    # -- verification --
-
-    def verify(self, task_id: str, expected_head: tuple[int, str] | None = None) -> ChainVerdict:
-        """Verify one task: the hash chain (domain.hashchain rules) and that every copied
-        column (type, occurred_at, actor, seq, schema_version) agrees with the payload, so
-        that editing any single field of any stored event is detected at that event's seq.
-        A cut-off tail is only detectable against `expected_head` (seq, hash)."""
-        verifier = ChainVerifier(task_id, expected_head)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(*self._event_cols)
-                .where(events_t.c.task_id == task_id)
-                .order_by(events_t.c.seq)
-            )
-            for row in rows:
-                _feed_row(verifier, row)
-                if verifier.failed:
-                    break
-        return verifier.verdict()
-
-    def verify_all(
-        self,
-        *,
-        checkpoints: Mapping[str, tuple[int, str]] | None = None,
-        workers: int = 1,
-        batch: int = 5000,
-        fast: bool | None = None,
-    ) -> AuditReport:
-        """Verify every task, streaming in constant memory (plus the failures found).
-
-        `checkpoints` maps task_id -> known head (seq, hash), to detect cut-off tails and tasks
-        whose events were all deleted. `workers` > 1 splits the task_id range over processes.
-        `fast` (default: on SQLite) screens rows in bulk: SQLite's JSON code compares the
-        copied columns with the payload inside the query (as JSON text, so types count too),
-        and the stored canonical bytes are hashed as they are, never parsed in Python. The
-        screen checks what `verify` checks, only more strictly, so a row that passes it would
-        pass `verify`; a task with any row that does not pass is re-verified by `verify`, so
-        verdicts and reasons are always `verify`'s. Without the screen each row is parsed
-        and checked in Python (PostgreSQL, or fast=False)."""
-        cps = dict(checkpoints or {})
-        use_fast = self._sqlite if fast is None else fast
-        if use_fast and not self._sqlite:
-            raise ValueError("the fast screen uses SQLite's JSON functions")
-        ranges = self._split(workers) if workers > 1 else [(None, None)]
-        if len(ranges) == 1:
-            parts = [self._verify_range(None, None, cps, batch, use_fast)]
-        else:
-            url = self.engine.url.render_as_string(hide_password=False)
-            ctx = multiprocessing.get_context(_start_method())
-            with ProcessPoolExecutor(len(ranges), mp_context=ctx) as pool:
-                futures = [
-                    pool.submit(_verify_range_in_process, url, lo, hi, cps, batch, use_fast)
-                    for lo, hi in ranges
-                ]
-                parts = [f.result() for f in futures]
-        tasks = sum(p[0] for p in parts)
-        events = sum(p[1] for p in parts)
-        failures = [f for p in parts for f in p[2]]
-        seen = set().union(*(p[3] for p in parts))
-        for task_id in sorted(set(cps) - seen):  # checkpointed, but no events left at all
-            failures.append((task_id, self.verify(task_id, cps[task_id])))
-            tasks += 1
-        failures.sort(key=lambda f: f[0])
-        return AuditReport(tasks, events, failures)
-
-    def _split(self, workers: int) -> list[tuple[str | None, str | None]]:
-        """Task-id ranges holding about the same number of events; bounds are task ids, so a
-        task is never split between workers."""
-        with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(events_t)).scalar_one()
-            bounds: list[str] = []
-            for i in range(1, workers):
-                bound = conn.execute(
-                    select(events_t.c.task_id)
-                    .order_by(events_t.c.task_id)
-                    .offset(total * i // workers)
-                    .limit(1)
-                ).scalar()
-                if bound is not None and (not bounds or bound > bounds[-1]):
-                    bounds.append(bound)
-        edges: list[str | None] = [None, *bounds, None]
-        return list(zip(edges[:-1], edges[1:], strict=True))
-
-    def _verify_range(
-        self,
-        lo: str | None,
-        hi: str | None,
-        checkpoints: Mapping[str, tuple[int, str]],
-        batch: int,
-        use_fast: bool,
-    ) -> tuple[int, int, list[tuple[str, ChainVerdict]], set[str]]:
-        walk = self._screen_range if use_fast else self._walk_range
-        tasks = events = 0
-        failures: list[tuple[str, ChainVerdict]] = []
-        seen: set[str] = set()
-        for task_id, n_events, verdict in walk(lo, hi, checkpoints, batch):
-            tasks += 1
-            events += n_events
-            if task_id in checkpoints:
-                seen.add(task_id)
-            if verdict is not None and not verdict.ok:
-                failures.append((task_id, verdict))
-        return tasks, events, failures, seen
-
-    def _range_where(self, lo: str | None, hi: str | None) -> list[Any]:
-        where = []
-        if lo is not None:
-            where.append(events_t.c.task_id >= lo)
-        if hi is not None:
-            where.append(events_t.c.task_id < hi)
-        return where
-
-    def _walk_range(
-        self,
-        lo: str | None,
-        hi: str | None,
-        checkpoints: Mapping[str, tuple[int, str]],
-        batch: int,
-    ) -> Iterator[tuple[str, int, ChainVerdict | None]]:
-        """Generic streaming verification (any backend): `verify`'s checks, row by row."""
-        stmt = (
-            select(*self._event_cols)
-            .where(*self._range_where(lo, hi))
-            .order_by(events_t.c.task_id, events_t.c.seq)
-        )
-        verifier: ChainVerifier | None = None
-        count = 0
-        with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
-            for row in result:
-                if verifier is None or row.task_id != verifier.task_id:
-                    if verifier is not None:
-                        yield verifier.task_id, count, verifier.verdict()
-                    verifier = ChainVerifier(row.task_id, checkpoints.get(row.task_id))
-                    count = 0
-                count += 1
-                _feed_row(verifier, row)
-        if verifier is not None:
-            yield verifier.task_id, count, verifier.verdict()
-
-    # The SQLite screen, one row per event. The payload's header fields are compared with the
-    # copied columns by SQLite's C JSON code: one parse per row (a multi-path json_extract gives
-    # a JSON array) against json_array() of the columns, so values and JSON types must match.
-    # `at` must be the pydantic form of occurred_at ("...T...Z", microseconds only when
-    # non-zero); another form only costs a fall-back to the exact check. A row that fails
-    # comes back with a NULL hash, which can never match. task_id comes as bytes: compared per
-    # row, decoded once per task.
-    _SCREEN_SQL = """
-        SELECT CAST(task_id AS BLOB), seq, CAST(payload AS BLOB), prev_hash,
-               CASE WHEN json_extract(payload, '$.type', '$.actor', '$.seq', '$.v', '$.task_id',
-                                      '$.at')
-                       = json_array(type, actor, seq, schema_version, task_id,
-                           replace(CASE WHEN substr(occurred_at, 20) = '.000000'
-                                        THEN substr(occurred_at, 1, 19) ELSE occurred_at END,
-                                   ' ', 'T') || 'Z')
-                    THEN hash END
-        FROM events
-        WHERE task_id >= :lo {upper}
-        ORDER BY task_id, seq
-    """
-
-    def _screen_range(
-        self,
-        lo: str | None,
-        hi: str | None,
-        checkpoints: Mapping[str, tuple[int, str]],
-        batch: int,
-    ) -> Iterator[tuple[str, int, ChainVerdict | None]]:
-        """Fast path (SQLite). Yields (task_id, events, None) for a task that passed the screen,
-        or `verify`'s verdict for one that did not. The loop is deliberately flat and uses
-        only local variables: it runs once per stored event."""
-        sql = self._SCREEN_SQL.format(upper="" if hi is None else "AND task_id < :hi")
-        sha256 = hashlib.sha256
-        event_domain, genesis_domain = EVENT_DOMAIN, GENESIS_DOMAIN
-        current: str | None = None
-        current_bin = b""
-        suspect = False
-        count = exp_seq = cp_seq = 0
-        cp_hash = prev_hex = ""
-        prev_bin = b""
-        with self.engine.connect() as conn:
-            # The driver's cursor, not SQLAlchemy's result: no per-row processing layers.
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, {"lo": lo or "", "hi": hi})
-                while rows := cursor.fetchmany(batch):
-                    for task_bin, seq, raw, prev, hash_ in rows:
-                        if task_bin != current_bin or current is None:
-                            if current is not None:
-                                yield self._screened(current, count, suspect, exp_seq, checkpoints)
-                            current_bin, current = task_bin, task_bin.decode("utf-8")
-                            suspect, count, exp_seq = False, 0, 1
-                            genesis = sha256(genesis_domain + task_bin)
-                            prev_bin, prev_hex = genesis.digest(), genesis.hexdigest()
-                            cp_seq, cp_hash = checkpoints.get(current, (0, ""))
-                        count += 1
-                        if suspect:
-                            continue
-                        digest = sha256(event_domain + prev_bin + raw)
-                        if (
-                            seq != exp_seq
-                            or prev != prev_hex
-                            or digest.hexdigest() != hash_
-                            or (seq == cp_seq and hash_ != cp_hash)
-                        ):
-                            suspect = True
-                            continue
-                        prev_bin, prev_hex = digest.digest(), hash_
-                        exp_seq += 1
-                if current is not None:
-                    yield self._screened(current, count, suspect, exp_seq, checkpoints)
-            finally:
-                cursor.close()
-
-    def _screened(
-        self,
-        task_id: str,
-        count: int,
-        suspect: bool,
-        next_seq: int,
-        checkpoints: Mapping[str, tuple[int, str]],
-    ) -> tuple[str, int, ChainVerdict | None]:
-        checkpoint = checkpoints.get(task_id)
-        if suspect or (checkpoint is not None and checkpoint[0] > next_seq - 1):
-            return task_id, count, self.verify(task_id, checkpoint)
-        return task_id, count, None
 
     # -- notices and outbox (at-most-once side effects) --
 
@@ -850,32 +606,6 @@ class EventStore:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _start_method() -> str:
-    """fork when it is safe, spawn otherwise. A forked worker starts at once (a spawned one
-    first spends ~1 s importing SQLAlchemy, a fifth of a million-event audit). fork is safe
-    here when this process runs a single thread (no other thread can hold a lock the child
-    would inherit) and because workers open their own connections and never touch inherited
-    ones (they leave with os._exit, so nothing inherited is even closed)."""
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return "fork"
-    return "spawn"
-
-
-def _verify_range_in_process(
-    url: str,
-    lo: str | None,
-    hi: str | None,
-    checkpoints: Mapping[str, tuple[int, str]],
-    batch: int,
-    use_fast: bool,
-) -> tuple[int, int, list[tuple[str, ChainVerdict]], set[str]]:
-    engine = make_engine(url)
-    try:
-        return EventStore(engine)._verify_range(lo, hi, checkpoints, batch, use_fast)
-    finally:
-        engine.dispose()
-
-
 def _prepare(task_id: str, events: Sequence[Mapping[str, Any]]) -> list[_Prepared]:
     """Validate a batch before touching the database: header fields present and typed, one
     task, contiguous seqs, canonicalisable (no floats)."""
@@ -956,35 +686,6 @@ def _normalise(table: Table, row: Mapping[str, Any], task_id: str) -> dict[str, 
         else:
             raise ValueError(f"{table.name} row lacks required field {column.name!r}")
     return out
-
-
-def _column_problem(event: Mapping[str, Any], row: Any) -> str | None:
-    """Why the copied columns disagree with the payload, if they do."""
-    for column, key in (("type", "type"), ("actor", "actor")):
-        if getattr(row, column) != event.get(key):
-            return f"column {column}={getattr(row, column)!r} disagrees with payload {event.get(key)!r}"
-    version = event.get("v")
-    if type(version) is not int or version != row.schema_version:
-        return f"column schema_version={row.schema_version!r} disagrees with payload v={version!r}"
-    try:
-        at = dt.datetime.fromisoformat(event["at"])
-    except (KeyError, TypeError, ValueError):
-        return f"payload at={event.get('at')!r} is not an ISO-8601 time"
-    if at.utcoffset() is None or at != row.occurred_at:
-        return f"column occurred_at={row.occurred_at.isoformat()} disagrees with payload at={event['at']!r}"
-    return None
-
-
-def _feed_row(verifier: ChainVerifier, row: Any) -> None:
-    try:
-        event = json.loads(row.raw)
-    except ValueError:
-        event = None
-    if not isinstance(event, dict):
-        verifier.fail("payload is not a JSON object", verifier.next_seq)
-        return
-    problem = _column_problem(event, row)
-    verifier.feed(row.seq, event, row.prev_hash, row.hash, row.raw.encode("utf-8"), problem=problem)
 
 
 def _stored(row: Any) -> StoredEvent:

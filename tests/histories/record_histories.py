@@ -36,11 +36,11 @@ from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from domain.plan import NodeSpec, Plan, RecheckPolicy, TaskDef, TaskSpec, resolve_plan  # noqa: E402
-from infra.temporal_client import start_time_skipping  # noqa: E402
+from infra.temporal.client import start_time_skipping  # noqa: E402
 from tests.scenario import ROSTER, UNITS, ladders  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
 from workflows.keytask import WORKFLOW_NAME  # noqa: E402
-from workflows.search import initial_search_attributes  # noqa: E402
+from workflows.search import DEFINITIONS, initial_search_attributes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # One folder per released workflow version; the current code must replay all of them.
@@ -325,7 +325,7 @@ async def main(names: list[str]) -> None:
     from infra.db.store import open_store
     from worker import running_worker
 
-    env = await start_time_skipping()
+    env = await start_time_skipping(DEFINITIONS)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{tmp}/duban.db"

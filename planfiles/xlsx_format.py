@@ -1,26 +1,12 @@
-"""Reading and writing plans (重点任务分解清单): YAML for engineers, XLSX for the task office.
-
-The spreadsheet is laid out the way an office fills in a breakdown list: one sheet per table
-with Chinese headers (`计划`, `单位`, `人员`, `任务`, `节点`), real date cells, 是/否, and
-comma-separated lists. Every problem found while reading is reported at once, each naming the
-file and, for a spreadsheet, the sheet, row and column (for YAML, the line), so a sheet can be
-fixed in one pass. `load_plan` also runs `validate_plan` and points each issue back at its row.
-
-`demo_plan` derives the plan `make demo` loads: dated relative to "now" so that red, yellow and
-green tasks, and rungs firing, are visible within minutes.
-
-    python -m infra.plan_io check plans/sample-2026.yaml
-    python -m infra.plan_io convert plans/sample-2026.yaml plans/sample-2026.xlsx
-    python -m infra.plan_io demo plans/sample-2026.yaml /tmp/demo.yaml
-"""
+"""Plans as XLSX, for the task office: one sheet per table with Chinese headers (`计划`, `单位`,
+`人员`, `任务`, `节点`), real date cells, 是/否 and comma-separated lists. Every problem found
+while reading is reported at once, naming the sheet, row and column, so a sheet is fixed in one pass."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import re
-import sys
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +14,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from openpyxl import Workbook, load_workbook
 from openpyxl.comments import Comment
 from openpyxl.styles import Alignment, Font, PatternFill
@@ -36,357 +21,19 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
-import domain
-from domain.calendar import DEFAULT_TZ, add_working_days
-from domain.ladder import Ladder, parse_ladder
+from domain.calendar import DEFAULT_TZ
 from domain.plan import (
     Member,
     NodeSpec,
     Plan,
-    PlanIssue,
     RecheckPolicy,
     TaskDef,
     Unit,
-    estimated_calendar_years,
-    resolve_plan,
-    validate_plan,
 )
-
-LADDER_DIR = Path(domain.__file__).resolve().parent / "ladders"
-DEMO_LADDER = "demo-minutes"
+from planfiles.errors import PlanReadError, SourceMap, dotted, pydantic_lines
 
 M = TypeVar("M", bound=BaseModel)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class PlanReadError(ValueError):
-    """A plan (or ladder) file that cannot be used; `problems` has one readable line each.
-
-    `issues` holds the `validate_plan` issues when the file was read but the plan is invalid.
-    """
-
-    def __init__(
-        self,
-        path: Path | str,
-        problems: Sequence[str],
-        issues: Sequence[PlanIssue] = (),
-        what: str | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.problems = list(problems)
-        self.issues = list(issues)
-        what = what or ("plan is invalid" if issues else "cannot read plan")
-        super().__init__(f"{what}: {path}\n" + "\n".join(f"  - {p}" for p in self.problems))
-
-
-SourceMap = dict[str, list[str]]
-"""`validate_plan` locations ("tasks.lwzb.nodes.gs") → where they are in the file."""
-
-
-def _pydantic_lines(
-    exc: ValidationError | Sequence[ErrorDetails], where: Callable[[tuple[int | str, ...]], str]
-) -> list[str]:
-    out = []
-    for err in exc.errors() if isinstance(exc, ValidationError) else exc:
-        loc = tuple(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid"))
-        inp = err.get("input")
-        if err.get("type") == "string_type" and isinstance(inp, int | float):
-            msg += f" (write it as text, e.g. '{inp}')"
-        elif not isinstance(inp, dict | list | tuple) and inp is not None:
-            shown = repr(inp)
-            msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
-        out.append(f"{where(loc)}: {msg}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Ladders
-
-
-def load_ladders(dir: Path = LADDER_DIR) -> dict[str, Ladder]:
-    """Every `*.yaml` ladder in `dir`, by code. A bad file is named in the error."""
-    directory = Path(dir)
-    if not directory.is_dir():
-        raise PlanReadError(directory, ["directory not found"], what="cannot load ladders")
-    ladders: dict[str, Ladder] = {}
-    origin: dict[str, Path] = {}
-    problems: list[str] = []
-    for path in sorted(directory.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            problems.append(f"{path}: not valid YAML: {e}")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{path}: a ladder file must be a mapping (code, title, steps, ...)")
-            continue
-        try:
-            ladder = parse_ladder(data)
-        except ValidationError as e:
-            problems.extend(f"{path}: {line}" for line in _pydantic_lines(e, _ladder_where))
-            continue
-        if ladder.code in ladders:
-            problems.append(
-                f"{path}: ladder code {ladder.code!r} already defined in {origin[ladder.code]}"
-            )
-            continue
-        ladders[ladder.code] = ladder
-        origin[ladder.code] = path
-    if problems:
-        raise PlanReadError(directory, problems, what="cannot load ladders")
-    return ladders
-
-
-def _ladder_where(loc: tuple[int | str, ...]) -> str:
-    return _dotted(loc) or "ladder"
-
-
-def _dotted(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry points
-
-
-def read_plan(path: Path | str) -> Plan:
-    """A plan from `.yaml`/`.yml` or `.xlsx`, by suffix. Raises `PlanReadError`."""
-    return _read_with_sources(Path(path))[0]
-
-
-def load_plan(path: Path | str, ladders: Mapping[str, Ladder] | None = None) -> Plan:
-    """`read_plan`, then `validate_plan`: every issue located in the file (sheet/row or line)."""
-    p = Path(path)
-    plan, sources = _read_with_sources(p)
-    lads = dict(ladders) if ladders is not None else load_ladders()
-    issues = validate_plan(plan, lads)
-    if issues:
-        raise PlanReadError(p, [_locate(i, sources) for i in issues], issues)
-    return plan
-
-
-def write_plan(plan: Plan, path: Path | str) -> None:
-    """Write as YAML or XLSX, by suffix."""
-    p = Path(path)
-    if p.suffix.lower() in (".yaml", ".yml"):
-        write_plan_yaml(plan, p)
-    elif p.suffix.lower() == ".xlsx":
-        write_plan_xlsx(plan, p)
-    else:
-        raise ValueError(f"{p}: unknown plan format {p.suffix!r} (use .yaml, .yml or .xlsx)")
-
-
-def _read_with_sources(path: Path) -> tuple[Plan, SourceMap]:
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        return _read_yaml(path)
-    if suffix == ".xlsx":
-        return _read_xlsx(path)
-    raise PlanReadError(path, [f"unknown plan format {path.suffix!r} (use .yaml, .yml or .xlsx)"])
-
-
-def _locate(issue: PlanIssue, sources: SourceMap) -> str:
-    where = issue.where
-    while where and where not in sources:
-        where = where.rpartition(".")[0]
-    if where:
-        return f"{' / '.join(sources[where])}: {issue}"
-    return str(issue)
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML
-
-
-class _Flow(dict[str, Any]):
-    """A mapping written on one line (units, members, nodes)."""
-
-
-class _FlowList(list[Any]):
-    """A list of scalars written on one line."""
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_flow(dumper: yaml.SafeDumper, data: _Flow) -> yaml.Node:
-    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True)
-
-
-def _represent_flow_list(dumper: yaml.SafeDumper, data: _FlowList) -> yaml.Node:
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-_Dumper.add_representer(_Flow, _represent_flow)
-_Dumper.add_representer(_FlowList, _represent_flow_list)
-
-
-def _fields(model: BaseModel, always: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields that differ from their defaults (plus `always`), in declaration order."""
-    keep = set(always)
-    out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name)
-        if (
-            name in keep
-            or info.is_required()
-            or value != info.get_default(call_default_factory=True)
-        ):
-            out[name] = _flow(value)
-    return out
-
-
-def _flow(value: Any) -> Any:
-    if isinstance(value, dt.datetime):  # plain scalars with ':' are not allowed in flow style
-        return value.isoformat(sep=" ")
-    if isinstance(value, BaseModel):
-        return _Flow(_fields(value))
-    if isinstance(value, dict):
-        return _Flow({k: _flow(v) for k, v in value.items()})
-    if isinstance(value, tuple | list):
-        items = [_flow(v) for v in value]
-        if all(not isinstance(v, dict | list) for v in items):
-            return _FlowList(items)
-        return items
-    return value
-
-
-def plan_to_yaml(plan: Plan) -> str:
-    """The plan as YAML: tasks in block style, units, members and nodes one per line."""
-    data = _fields(plan, always=("timezone",))
-    data["recheck"] = _flow(plan.recheck.model_dump())
-    data["tasks"] = [
-        {**_fields(t, always=("ladder",)), **({"nodes": _flow(t.nodes)} if t.nodes else {})}
-        for t in plan.tasks
-    ]
-    head = (
-        f"# {plan.title}\n"
-        "# 重点任务分解清单 — see plans/README.md for the fields. Dates are local dates\n"
-        '# ("X月31日前" = by the end of that day); due_at instants carry their UTC offset.\n'
-    )
-    return head + yaml.dump(data, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=4096)
-
-
-def write_plan_yaml(plan: Plan, path: Path | str) -> None:
-    Path(path).write_text(plan_to_yaml(plan), encoding="utf-8")
-
-
-def _read_yaml(path: Path) -> tuple[Plan, SourceMap]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PlanReadError(path, [f"cannot open: {e.strerror or e}"]) from e
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        raise PlanReadError(path, [f"not valid YAML: {e}"]) from e
-    if not isinstance(data, dict) or root is None:
-        raise PlanReadError(path, ["a plan must be a mapping (code, title, start, units, tasks)"])
-    try:
-        plan = Plan.model_validate(data)
-    except ValidationError as e:
-
-        def where(loc: tuple[int | str, ...]) -> str:
-            return f"line {_yaml_line(root, loc)}, {_yaml_path(data, loc)}"
-
-        raise PlanReadError(path, _pydantic_lines(e, where)) from e
-    return plan, _yaml_sources(root)
-
-
-def _yaml_line(root: yaml.Node, loc: Sequence[int | str]) -> int:
-    node = root
-    line = node.start_mark.line + 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                    node, line = v, k.start_mark.line + 1
-                    break
-            else:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-            if key >= len(node.value):
-                break
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _yaml_path(data: Any, loc: Sequence[int | str]) -> str:
-    """`tasks[3] (lwzb).nodes[2] (gs).due`: indexes with the code of the item, when it has one."""
-    out = ""
-    cur = data
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            cur = cur[part] if isinstance(cur, list) and part < len(cur) else None
-            code = cur.get("code", cur.get("actor")) if isinstance(cur, dict) else None
-            if code is not None:
-                out += f" ({code})"
-        else:
-            out += f".{part}" if out else str(part)
-            cur = cur.get(part) if isinstance(cur, dict) else None
-    return out or "plan"
-
-
-def _yaml_sources(root: yaml.Node) -> SourceMap:
-    src: SourceMap = {}
-
-    def scalar(mapping: yaml.Node, key: str) -> str | None:
-        if isinstance(mapping, yaml.MappingNode):
-            for k, v in mapping.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == key:
-                    return v.value if isinstance(v, yaml.ScalarNode) else None
-        return None
-
-    def child(mapping: yaml.Node, key: str) -> yaml.Node | None:
-        if isinstance(mapping, yaml.MappingNode):
-            for k, v in mapping.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == key:
-                    found: yaml.Node = v
-                    return found
-        return None
-
-    def add(where: str, node: yaml.Node) -> None:
-        src.setdefault(where, []).append(f"line {node.start_mark.line + 1}")
-
-    for key in ("timezone", "start", "start_at", "code", "title"):
-        n = child(root, key)
-        if n is not None:
-            add(key, n)
-    for section, ident in (("units", "code"), ("roster", "actor"), ("tasks", "code")):
-        seq = child(root, section)
-        if not isinstance(seq, yaml.SequenceNode):
-            continue
-        for item in seq.value:
-            code = scalar(item, ident)
-            if code is None:
-                continue
-            add(f"{section}.{code}", item)
-            nodes = child(item, "nodes") if section == "tasks" else None
-            if isinstance(nodes, yaml.SequenceNode):
-                for n in nodes.value:
-                    ncode = scalar(n, "code")
-                    if ncode is not None:
-                        add(f"tasks.{code}.nodes.{ncode}", n)
-    return src
-
-
-# ---------------------------------------------------------------------------------------------
-# XLSX: value conversions between cells and model fields
 
 
 class _CellError(ValueError):
@@ -526,11 +173,11 @@ def _instant(v: Any, tz: str) -> dt.datetime | None:
     else:
         raise _CellError(f"expected a date and time such as 2026-12-10 18:00+08:00, got {v!r}")
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_zone(tz))
+        value = value.replace(tzinfo=zone(tz))
     return value
 
 
-def _zone(tz: str) -> dt.tzinfo:
+def zone(tz: str) -> dt.tzinfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -1032,7 +679,7 @@ class _Reader:
                 if not err["loc"] or (sheet, row, str(err["loc"][0])) not in self.reported
             ]
             if fresh:  # a cell already reported as unreadable is not reported again
-                self.problems.extend(_pydantic_lines(fresh, where))
+                self.problems.extend(pydantic_lines(fresh, where))
             return None
 
     def note(self, where: str, sheet: str, row: int) -> None:
@@ -1040,10 +687,10 @@ class _Reader:
 
 
 def read_plan_xlsx(path: Path | str) -> Plan:
-    return _read_xlsx(Path(path))[0]
+    return read_xlsx_with_sources(Path(path))[0]
 
 
-def _read_xlsx(path: Path) -> tuple[Plan, SourceMap]:
+def read_xlsx_with_sources(path: Path) -> tuple[Plan, SourceMap]:
     try:
         wb = load_workbook(path, data_only=True)
     except FileNotFoundError as e:
@@ -1134,9 +781,9 @@ def _read_xlsx(path: Path) -> tuple[Plan, SourceMap]:
             row = plan_rows.get(key) or plan_rows.get(str(loc[0]) if loc else "")
             if row:
                 return _at("计划", row, 2, _plan_header(key) or _plan_header(str(loc[0])))
-            return f"sheet 计划: {_dotted(loc) or 'plan'}"
+            return f"sheet 计划: {dotted(loc) or 'plan'}"
 
-        raise PlanReadError(path, _pydantic_lines(e, where)) from e
+        raise PlanReadError(path, pydantic_lines(e, where)) from e
     for key in ("timezone", "start_at"):
         if key in plan_rows:
             rd.note(key, "计划", plan_rows[key])
@@ -1197,178 +844,5 @@ def _read_plan_sheet(rd: _Reader, ws: Worksheet) -> tuple[dict[str, Any], dict[s
                 key = f"recheck.{loc[0]}" if loc else "recheck"
                 return _at("计划", rows.get(key, 0), 2, _plan_header(key))
 
-            rd.problems.extend(_pydantic_lines(e, where))
+            rd.problems.extend(pydantic_lines(e, where))
     return fields, rows
-
-
-# ---------------------------------------------------------------------------------------------
-# The demo plan
-
-
-def demo_plan(now: dt.datetime, base: Plan) -> Plan:
-    """`base` re-dated around `now` for `make demo`: something red at once, something turning
-    yellow then red while one watches (ladder `demo-minutes`), the rest green or yellow on
-    their own ladders with dates in the coming weeks."""
-    if now.tzinfo is None:
-        raise ValueError("demo_plan needs an aware `now`")
-    tz = _zone(base.timezone)
-    now = now.astimezone(tz).replace(microsecond=0)
-    today = now.date()
-    start_at = now - dt.timedelta(days=2)
-    villages = [u.code for u in base.units if u.kind == "village"] or [
-        u.code for u in base.units if u.kind == "community"
-    ]
-    lead = next((u.code for u in base.units if u.kind == "office"), base.units[0].code)
-
-    def minutes(
-        offsets: Sequence[int], src: TaskDef | None, titles: Sequence[str]
-    ) -> tuple[NodeSpec, ...]:
-        base_nodes = list(src.nodes) if src else []
-        out = []
-        for i, off in enumerate(offsets):
-            code, title = (
-                (base_nodes[i].code, base_nodes[i].title)
-                if i < len(base_nodes)
-                else (f"n{i + 1}", titles[i])
-            )
-            title = re.sub(r"（[^（）]*）$", "", title)  # "（12月10日前）" no longer applies
-            out.append(
-                NodeSpec(
-                    code=code,
-                    title=title,
-                    due_at=now + dt.timedelta(minutes=off),
-                    planned_progress=100 * (i + 1) // len(offsets),
-                )
-            )
-        return tuple(out)
-
-    red = _find_task(base, "班子分工")
-    soon = _find_task(base, "网格化")
-    tasks: list[TaskDef] = [
-        TaskDef(
-            code=red.code if red else "demo-red",
-            title=red.title if red else "乡镇（街道）领导班子分工",
-            category=red.category if red else "演示",
-            lead_unit=red.lead_unit if red else lead,
-            standard=red.standard if red else "",
-            ladder=DEMO_LADDER,
-            responsible=red.responsible if red else (),
-            responsible_kind=(red.responsible_kind if red else "township"),
-            nodes=minutes((-5, 6, 10), red, ("拟定分工方案", "党委会研究确定", "分工公示并备案")),
-        ),
-        TaskDef(
-            code=soon.code if soon else "demo-soon",
-            title=soon.title if soon else "网格化管理进入运行阶段",
-            category=soon.category if soon else "演示",
-            lead_unit=soon.lead_unit if soon else lead,
-            standard=soon.standard if soon else "",
-            ladder=DEMO_LADDER,
-            responsible=tuple(villages[:4]),
-            nodes=minutes((1, 5, 9), soon, ("划分网格", "配齐网格员", "进入运行阶段")),
-        ),
-    ]
-    used = {t.code for t in tasks}
-    k = 0
-    for t in base.tasks:
-        if t.code in used:
-            continue
-        if not t.nodes:  # a ladder that imposes its own nodes (13710): they run from start_at
-            tasks.append(t)
-            continue
-        first = today + dt.timedelta(days=2 if k % 4 == 1 else 7 + k)
-        k += 1
-        cursor = first - dt.timedelta(days=7)
-        rebased = []
-        for n in t.nodes:
-            if n.working_days is not None and n.after not in (None, "start"):
-                cursor = add_working_days(cursor, n.working_days).day
-                rebased.append(n)
-                continue
-            cursor += dt.timedelta(days=7)
-            rebased.append(
-                n.model_copy(
-                    update={
-                        "due": cursor,
-                        "due_at": None,
-                        "working_days": None,
-                        "after": None,
-                    }
-                )
-            )
-        tasks.append(
-            t.model_copy(
-                update={
-                    "nodes": tuple(rebased),
-                    "end": cursor if t.end is not None else None,
-                }
-            )
-        )
-    return base.model_copy(
-        update={
-            "code": f"demo-{base.code}",
-            "title": f"{base.title}（演示）",
-            "start": start_at.date(),
-            "start_at": start_at,
-            "tasks": tuple(tasks),
-            "recheck": RecheckPolicy(
-                percent=base.recheck.percent, after={"minutes": 10}, window={"minutes": 10}
-            ),
-        }
-    )
-
-
-def _find_task(plan: Plan, word: str) -> TaskDef | None:
-    return next((t for t in plan.tasks if word in t.title), None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m infra.plan_io", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p_check = sub.add_parser("check", help="read and validate a plan; print what it resolves to")
-    p_check.add_argument("plan", type=Path)
-    p_conv = sub.add_parser("convert", help="write a plan in another format (.yaml/.xlsx)")
-    p_conv.add_argument("src", type=Path)
-    p_conv.add_argument("dst", type=Path)
-    p_demo = sub.add_parser("demo", help="write the demo plan derived from a plan, dated from now")
-    p_demo.add_argument("plan", type=Path)
-    p_demo.add_argument("dst", type=Path)
-    args = ap.parse_args(argv)
-    try:
-        ladders = load_ladders()
-        if args.cmd == "check":
-            plan = load_plan(args.plan, ladders)
-            specs = resolve_plan(plan, ladders)
-            kinds: dict[str, int] = {}
-            for u in plan.units:
-                kinds[u.kind] = kinds.get(u.kind, 0) + 1
-            print(f"{plan.code}: {plan.title}")
-            print(f"  units: {len(plan.units)} ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
-            print(
-                f"  roster: {len(plan.roster)}; tasks: {len(plan.tasks)}; task instances: {len(specs)}"
-            )
-            for t in plan.tasks:
-                print(f"    {t.code:8} {sum(s.task_code == t.code for s in specs):3}  {t.title}")
-            est = estimated_calendar_years(specs)
-            if est:
-                print(
-                    f"  note: working days in {est} use an estimated calendar (no official notice yet)"
-                )
-        elif args.cmd == "convert":
-            write_plan(read_plan(args.src), args.dst)
-            print(f"wrote {args.dst}")
-        else:
-            plan = demo_plan(dt.datetime.now(dt.UTC), load_plan(args.plan, ladders))
-            write_plan(plan, args.dst)
-            print(f"wrote {args.dst} ({plan.code}, start_at {plan.start_at})")
-    except PlanReadError as e:
-        print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

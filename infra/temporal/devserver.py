@@ -18,13 +18,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from infra.binaries import temporal_cli_path
-from infra.search_attributes import DEV_SERVER_ARGS
+from infra.temporal.binaries import temporal_cli_path
 
 HOST = "127.0.0.1"
 PID_FILE_NAME = "devserver.json"
@@ -205,7 +205,13 @@ class DevServer:
             return ""
 
 
-def _command(address_port: int, ui_port: int | None, db_file: Path | None) -> list[str]:
+def _command(
+    address_port: int,
+    ui_port: int | None,
+    db_file: Path | None,
+    search_attributes: Mapping[str, str],
+    dynamic_config: Mapping[str, str | int | float | bool],
+) -> list[str]:
     cmd = [
         str(temporal_cli_path()),
         "server",
@@ -226,7 +232,12 @@ def _command(address_port: int, ui_port: int | None, db_file: Path | None) -> li
         cmd += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
     if db_file is not None:
         cmd += ["--db-filename", str(db_file)]
-    return cmd + DEV_SERVER_ARGS
+    for name, typ in search_attributes.items():
+        cmd += ["--search-attribute", f"{name}={typ}"]
+    for key, value in dynamic_config.items():
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        cmd += ["--dynamic-config-value", f"{key}={shown}"]
+    return cmd
 
 
 async def _wait_ready(server: DevServer, namespace: str, deadline: float) -> None:
@@ -273,12 +284,16 @@ async def start_dev_server(
     headless: bool = False,
     startup_timeout: float = 60.0,
     namespace: str = "default",
+    search_attributes: Mapping[str, str] | None = None,
+    dynamic_config: Mapping[str, str | int | float | bool] | None = None,
 ) -> DevServer:
     """Start `temporal server start-dev` and return once it serves `namespace`.
 
     `db_file` None keeps state in memory. `port`/`ui_port` None pick free ports (and retry with
     new ones if another process grabbed one first). `headless` starts no web UI. Output goes to
-    `log_file` (a temporary file, deleted on stop, when None). Call `.stop()` when done.
+    `log_file` (a temporary file, deleted on stop, when None). `search_attributes` ({name: type})
+    are registered at start; `dynamic_config` sets the server's dynamic config values (e.g.
+    `{"limit.historyCount.suggestContinueAsNew": 200}`). Call `.stop()` when done.
     """
     attempts = 3 if port is None or (ui_port is None and not headless) else 1
     last: DevServerError | None = None
@@ -298,7 +313,7 @@ async def start_dev_server(
         log: IO[bytes]
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                _command(p, u, db_file),
+                _command(p, u, db_file, search_attributes or {}, dynamic_config or {}),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

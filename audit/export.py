@@ -12,10 +12,11 @@ import html
 import json
 from typing import Any
 
+from audit.chain_check import verify_task_chain
+from audit.rules_check import DEFAULT_GRACE, rules_for_task
+from audit.timeline import fmt_local, load_events, offset_text, show
 from domain.ladder import Ladder, Offset
 from domain.plan import TaskSpec
-from infra.audit.rules_check import DEFAULT_GRACE, rules_for_task
-from infra.audit.timeline import fmt_local, load_events, offset_text, show
 
 __all__ = ["REPORT_FORMAT", "build_report", "render_html", "render_json", "rules_in_force"]
 
@@ -66,7 +67,7 @@ def build_report(store: Any, task_id: str, as_of: str | dt.datetime | None = Non
     view = show(store, task_id, as_of, events=events)
     rules = rules_for_task(store, task_id, view.as_of, grace, events=events)
     head = store.head(task_id)
-    verdict = store.verify(task_id)
+    verdict = verify_task_chain(store, task_id)
     return {
         "format": REPORT_FORMAT,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -18,7 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-from infra.devserver import (
+from infra.logging import configure_logging, get_logger
+from infra.settings import REPO_ROOT, Settings, get_settings
+from infra.temporal.devserver import (
     DevServer,
     find_running,
     free_port,
@@ -30,8 +32,7 @@ from infra.devserver import (
     terminate_pid,
     write_pid_file,
 )
-from infra.logging import configure_logging, get_logger
-from infra.settings import REPO_ROOT, Settings, get_settings
+from workflows.search import DEFINITIONS
 
 log = get_logger("duban.demo")
 
@@ -49,6 +50,7 @@ class Started:
     pid_file: Path
     alive: Callable[[], bool]
     log_file: Path
+    status: Callable[[], int | None] = lambda: None  # exit status once ended, if known
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -75,10 +77,28 @@ def _env(settings: Settings, address: str) -> dict[str, str]:
     return env
 
 
+def describe_status(code: int | None) -> str:
+    """A child's exit status in words: a signal (e.g. SIGABRT, -6) is named, not just "failed"."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name} ({code})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
 def _starter(env: dict[str, str], *args: str) -> None:
+    """Run one `starter.py` step; its real status decides (it exits without finalization, so a
+    non-zero status is the command's own verdict, and is reported as such)."""
     cmd = [sys.executable, str(REPO_ROOT / "starter.py"), *args]
     log.info("run", cmd=" ".join(["starter.py", *args]))
-    subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True)
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False)
+    if done.returncode != 0:
+        log.error("step failed", cmd=" ".join(["starter.py", *args]),
+                  status=describe_status(done.returncode))
+        raise subprocess.CalledProcessError(done.returncode, cmd)
 
 
 def _ensure_dev_server(settings: Settings, started: list[Started]) -> tuple[str, str | None]:
@@ -92,7 +112,8 @@ def _ensure_dev_server(settings: Settings, started: list[Started]) -> tuple[str,
     ui_port = DEFAULT_UI_PORT if port_is_free(DEFAULT_UI_PORT) else free_port()
     log_file = home / "devserver.log"
     server: DevServer = asyncio.run(
-        start_dev_server(home / "temporal.db", port=port, ui_port=ui_port, log_file=log_file)
+        start_dev_server(home / "temporal.db", port=port, ui_port=ui_port, log_file=log_file,
+                         search_attributes=DEFINITIONS)
     )
     pid_file = server.write_pid_file(home)
     started.append(Started("dev server", server.stop, pid_file, server.alive, log_file))
@@ -170,6 +191,7 @@ def _ensure_worker(settings: Settings, address: str, started: list[Started]) -> 
             pid_file,
             alive,
             log_file,
+            popen.poll,
         )
     )
     log.info("started worker", pid=popen.pid, log=str(log_file))
@@ -195,7 +217,7 @@ def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: P
         "  The board (挂图作战) :",
         f"    {prefix}{py} starter.py board",
         "  Straight from Temporal's visibility:",
-        f"    .venv/bin/temporal workflow list --address {address} --query \"DubanLight='red'\"",
+        f"    .venv/bin/temporal workflow list --address {address} --query \"DubanLight='red' AND ExecutionStatus='Running'\"",
         "  督办单 notices, the outbox and the event store land in:",
         f"    {store}",
         "  Logs                : "
@@ -250,15 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             for s in started:
                 if not s.alive():
                     log.error(
-                        "process died", what=s.name, log=str(s.log_file), tail=_tail(s.log_file)
+                        "process died", what=s.name, status=describe_status(s.status()),
+                        log=str(s.log_file), tail=_tail(s.log_file),
                     )
                     return 1
             tick.wait(1.0)
     except KeyboardInterrupt:
         log.info("interrupted; shutting down")
-    except subprocess.CalledProcessError as e:
-        log.error("step failed", cmd=" ".join(str(a) for a in e.cmd), code=e.returncode)
-        code = 1
+    except subprocess.CalledProcessError:
+        code = 1  # _starter has said which step and with which status
     except Exception as e:
         log.error("demo failed", error=repr(e))
         code = 1
@@ -271,4 +293,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from infra.process_exit import run_and_exit
+
+    run_and_exit(main)

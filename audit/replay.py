@@ -17,6 +17,13 @@ Three checks, any of which makes a task divergent (first bad seq named):
 
 A task continued as new has several runs; each run's captured events cover a seq range, and the
 runs are compared together with the whole stored record.
+
+Besides the replay, `verify_task` checks what the store says elsewhere about the task: a task
+with no events that still has read-model rows, archives, notices, outbox rows, a checkpointed
+head or a Temporal run that recorded something (its events were deleted); every archive's
+sha256; the read models (tasks, inspections, findings) against the fold of the stored events.
+Causes (a deleted record, an altered archive, a forged read model) are listed before the
+per-seq divergences they bring about. What none of this covers is in `NOT_COVERED`.
 """
 
 from __future__ import annotations
@@ -44,11 +51,16 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from audit.chain_check import task_sources, verify_task_chain
 from domain.canonical import canonical_json
+from domain.events import event_json, parse_event
 from domain.hashchain import ChainVerdict
 
 __all__ = [
+    "CAUSE_KINDS",
+    "ALL_QUERY",
     "CLOSED_QUERY",
+    "NOT_COVERED",
     "ArchiveOutcome",
     "Batch",
     "CaptureInterceptor",
@@ -64,6 +76,7 @@ __all__ = [
     "replay_histories",
     "replay_history_file",
     "task_id_of",
+    "task_ids_in_visibility",
     "verify_task",
     "verify_tasks",
     "workflow_runner",
@@ -71,6 +84,19 @@ __all__ = [
 
 RECORD_ACTIVITY = "record_batch"  # workflows.keytask.RECORD_ACTIVITY (imported lazily below)
 MAX_DIVERGENCES = 20
+# Findings that explain others (the seqs a deleted record or an altered archive leaves
+# uncovered): listed first, in this order, and never cut off by MAX_DIVERGENCES.
+CAUSE_KINDS = ("no-events", "archive", "read-model")
+# What `audit verify` does not check, said in its output and its --help.
+NOT_COVERED = (
+    "events.recorded_at (when a row was written) is not hashed: a changed one is not seen",
+    "notices and outbox rows are not compared with the events (they only show that a task "
+    "exists)",
+    "Temporal's search attributes (visibility) are not compared with the events",
+    "tasks.updated_at and archives.archived_at are not checked",
+    "without --checkpoint, a cut-off tail or a recomputed chain is seen only by the replay "
+    "(not with --chain-only)",
+)
 Source = Literal["live", "archive", "file"]
 
 _CLOSE_TYPES = {
@@ -172,7 +198,9 @@ class Divergence:
     """One disagreement. `seq` is the domain sequence number it concerns (None: none applies)."""
 
     seq: int | None
-    kind: str  # replay | history | store | missing | extra | uncovered | chain | archive
+    # replay | history | store | missing | extra | uncovered | unrecorded, and the causes
+    # (CAUSE_KINDS): no-events | archive | read-model
+    kind: str
     reason: str
     run_id: str | None = None
 
@@ -238,10 +266,22 @@ class TaskVerdict:
     divergences: list[Divergence]
     notes: list[str] = field(default_factory=list)
     replayed: bool = True  # False: no engine history could be found (live or archived)
+    # Where the task exists besides its events (read models, archives, notices, outbox, the
+    # checkpoint, Temporal).
+    sources: list[str] = field(default_factory=list)
+    # Set when the archive was asked for and the task, still running, has none yet: the
+    # replay could not be made, which is not a finding.
+    no_archive: str | None = None
 
     @property
     def ok(self) -> bool:
-        return (self.chain is None or self.chain.ok) and self.replayed and not self.divergences
+        return ((self.chain is None or self.chain.ok) and self.replayed and not self.divergences
+                and self.no_archive is None)
+
+    @property
+    def finding(self) -> bool:
+        """Something is wrong with the record (not merely unverifiable yet)."""
+        return not self.ok and self.verdict != "no-archive"
 
     @property
     def first_bad_seq(self) -> int | None:
@@ -254,14 +294,23 @@ class TaskVerdict:
     def verdict(self) -> str:
         if self.chain is not None and not self.chain.ok:
             return "tampered"
+        if any(d.kind in ("no-events", "archive") for d in self.divergences):
+            return "tampered"
         if self.divergences:
             return "divergent"
+        if self.no_archive is not None:
+            return "no-archive"
         if not self.replayed:
             return "no-history"
         return "ok"
 
     @property
     def reason(self) -> str | None:
+        """The first thing to read: a cause if there is one, else the earliest bad seq."""
+        causes = [d for d in self.divergences if d.kind in CAUSE_KINDS]
+        if causes:
+            first = min(causes, key=_order)
+            return f"{first.kind}: {first.reason}"
         candidates: list[tuple[int, int, str]] = []
         if self.chain is not None and not self.chain.ok:
             candidates.append((self.chain.first_bad_seq or 0, 0, f"chain: {self.chain.reason}"))
@@ -269,6 +318,8 @@ class TaskVerdict:
             candidates.append((d.seq if d.seq is not None else 1 << 62, 1, f"{d.kind}: {d.reason}"))
         if candidates:
             return min(candidates)[2]
+        if self.no_archive is not None:
+            return self.no_archive
         if not self.replayed:
             return "no engine history found, live or archived: replay not possible"
         return None
@@ -276,7 +327,8 @@ class TaskVerdict:
     def to_json(self) -> dict[str, Any]:
         return {
             "task_id": self.task_id, "verdict": self.verdict, "ok": self.ok,
-            "first_bad_seq": self.first_bad_seq, "reason": self.reason,
+            "finding": self.finding, "first_bad_seq": self.first_bad_seq, "reason": self.reason,
+            "sources": self.sources,
             "chain": None if self.chain is None else {
                 "ok": self.chain.ok, "first_bad_seq": self.chain.first_bad_seq,
                 "reason": self.chain.reason, "checked": self.chain.checked,
@@ -468,7 +520,14 @@ async def replay_history_file(text: str, workflow_id: str | None = None,
 
 
 def _canon(event: Mapping[str, Any]) -> bytes:
-    return canonical_json(event)
+    """An event's canonical form at the current schema: a stored or recorded event of an older
+    version is upcast first (`domain.events.parse_event`), so an event type's new version does
+    not make every old record "differ" from its replay. (The stored bytes themselves are
+    checked by the hash chain, as stored.) A payload no current model reads is compared as is."""
+    try:
+        return canonical_json(event_json(parse_event(event)))
+    except ValueError:
+        return canonical_json(event)
 
 
 def _differing_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -567,6 +626,12 @@ def compare_runs(
             break
     found.sort(key=lambda d: (d.seq if d.seq is not None else 1 << 62, d.kind))
     return _dedupe(found)[:MAX_DIVERGENCES]
+
+
+def _order(d: Divergence) -> tuple[int, int, str]:
+    """Causes first (in CAUSE_KINDS order), then by seq."""
+    rank = CAUSE_KINDS.index(d.kind) if d.kind in CAUSE_KINDS else len(CAUSE_KINDS)
+    return (rank, d.seq if d.seq is not None else 1 << 62, d.kind)
 
 
 def _dedupe(found: list[Divergence]) -> list[Divergence]:
@@ -674,17 +739,28 @@ async def verify_task(
     replayer: Replayer | None = None,
     attempts: int = 3,
     replay: bool = True,
+    known_in: Sequence[str] | None = None,
 ) -> TaskVerdict:
-    """Chain + replay verdict for one task. The histories are fetched before the store is read,
-    so every batch the history shows recorded is already in the store; a running task's store
-    may then be ahead of its history, and the history is fetched again (up to `attempts`)."""
+    """Chain + replay verdict for one task, plus the store-wide checks (see the module's
+    docstring). The histories are fetched before the store is read, so every batch the history
+    shows recorded is already in the store; a running task's store may then be ahead of its
+    history, and the history is fetched again (up to `attempts`).
+
+    `known_in`: where the task exists besides its events (`chain_check.task_sources`); looked
+    up in the store when not given. A checkpointed head counts as one more such place."""
     if chain is None:
-        chain = store.verify(task_id, expected_head=expected_head)
+        chain = verify_task_chain(store, task_id, expected_head=expected_head)
+    if known_in is None:
+        known_in = task_sources(store, task_id).get(task_id, [])
+    sources = list(known_in) + (["the checkpoint"] if expected_head is not None else [])
+    archives = store.list_archives(task_id)
     verdict = TaskVerdict(task_id, chain, [], 0, [])
     if not replay:
         stored_rows = store.load(task_id)
-        return TaskVerdict(task_id, _filled(chain, stored_rows), [], len(stored_rows), [],
-                           ["replay skipped (--chain-only)"], replayed=True)
+        verdict = TaskVerdict(task_id, _filled(chain, stored_rows), [], len(stored_rows), [],
+                              ["replay skipped (--chain-only)"], replayed=True, sources=sources)
+        _store_checks(verdict, store, stored_rows, archives, [], from_archive=False)
+        return verdict
     for attempt in range(attempts):
         notes: list[str] = []
         histories, problems = await fetch_task_histories(task_id, client=client, store=store,
@@ -694,19 +770,80 @@ async def verify_task(
         chain = _filled(chain, stored_rows)
         runs = await replay_histories(histories, replayer) if histories else []
         divergences = problems + compare_runs(runs, stored, whole_task=True, task_id=task_id)
-        divergences.sort(key=lambda d: (d.seq if d.seq is not None else 1 << 62, d.kind))
+        divergences.sort(key=_order)
         verdict = TaskVerdict(task_id, chain, runs, len(stored), divergences[:MAX_DIVERGENCES],
-                              notes, replayed=bool(runs))
+                              notes, replayed=bool(runs), sources=sources)
         running = bool(runs) and runs[-1].close is None and runs[-1].source == "live"
         only_tail = bool(divergences) and all(d.kind == "extra" for d in divergences)
         if not (running and only_tail) or attempt == attempts - 1:
             break
         await asyncio.sleep(0.2 * (attempt + 1))  # the store ran ahead of the history: refetch
+    _store_checks(verdict, store, stored_rows, archives, divergences,
+                  from_archive=source == "archive" or client is None)
     for run in verdict.runs:
         if run.source == "archive" and run.close is None:
             verdict.notes.append(f"archive of run {run.run_id} ends before the run closed "
                                  "(`audit archive` completes it)")
     return verdict
+
+
+def _store_checks(verdict: TaskVerdict, store: Any, stored_rows: Sequence[Any],
+                  archives: Sequence[Any], found: list[Divergence], *,
+                  from_archive: bool) -> None:
+    """Add to `verdict` what the store says apart from the chain and the replay: a task with no
+    events that exists elsewhere, altered or missing archives, a read model that is not the
+    fold of the events. `found`: every divergence of the replay (before the cut-off);
+    `from_archive`: the histories were to come from the archive (asked for, or no Temporal)."""
+    from audit.rebuild import check_read_model
+
+    task_id = verdict.task_id
+    causes: list[Divergence] = []
+    reported = {d.run_id for d in found if d.kind == "archive"}
+    for record in archives:  # whichever source the replay used: an altered archive is a finding
+        if not record.intact and record.run_id not in reported:
+            causes.append(Divergence(None, "archive", f"archived history of run {record.run_id} "
+                                     "does not match its sha256: it was altered", record.run_id))
+    if not stored_rows:
+        if any(b.recorded for r in verdict.runs if r.source == "live" for b in r.batches):
+            verdict.sources.append("Temporal")
+        if verdict.sources:
+            causes.append(Divergence(1, "no-events", "no events in the store, but the task "
+                                     f"exists in {', '.join(verdict.sources)}"))
+    else:
+        diffs = check_read_model(store, task_id)
+        if diffs:
+            shown = "; ".join(diffs[:8]) + (f"; … {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            causes.append(Divergence(None, "read-model", "the read model is not the fold of the "
+                                     f"events (forged, or written by other projection code; "
+                                     f"`store rebuild` rewrites it): {shown}"))
+    rest = list(found)
+    closed = next((s.seq for s in stored_rows if s.event.get("type") == "TaskClosed"), None)
+    if from_archive and stored_rows and not verdict.runs and not archives:
+        # Nothing could be replayed because the task has no archive: the seqs the replay
+        # leaves uncovered are not findings by themselves; what the missing archive means
+        # depends on whether the task closed.
+        rest = [d for d in rest if d.kind != "uncovered"]
+        head = stored_rows[-1].seq
+        if closed is None:
+            verdict.no_archive = (f"no archive yet: the task is still running (stored seq 1.."
+                                  f"{head}); a run's history is archived when it continues as "
+                                  "new or the task closes; verify it against Temporal "
+                                  "(--source live or auto)")
+        else:
+            causes.append(Divergence(None, "archive", f"the task closed (seq {closed}) but has "
+                                     "no archive: its engine history was deleted or never "
+                                     "archived, and Temporal does not have it"))
+    elif (closed is None and verdict.runs and all(r.source == "archive" for r in verdict.runs)
+          and archives and all(a.reason == "continued_as_new" for a in archives)):
+        # Archived runs all continued as new and the task is still running: the current run's
+        # events are not archived yet, so the stored seqs after them are not replayed.
+        tail = sorted(d.seq for d in rest if d.kind == "extra" and d.seq is not None)
+        if tail:
+            rest = [d for d in rest if d.kind != "extra"]
+            verdict.notes.append(f"seqs {tail[0]}..{stored_rows[-1].seq} belong to the running "
+                                 "run, not archived yet: not replayed")
+    if causes or rest != found:
+        verdict.divergences = _dedupe(sorted(causes + rest, key=_order))[:MAX_DIVERGENCES]
 
 
 def _filled(chain: ChainVerdict, rows: Sequence[Any]) -> ChainVerdict:
@@ -726,8 +863,10 @@ async def verify_tasks(
     chains: Mapping[str, ChainVerdict] | None = None,
     replay: bool = True,
     sandboxed: bool = True,
+    sources: Mapping[str, Sequence[str]] | None = None,
 ) -> list[TaskVerdict]:
-    """`verify_task` for many tasks, sharing one Replayer."""
+    """`verify_task` for many tasks, sharing one Replayer. `sources`: `chain_check.task_sources`
+    of the whole store, when the caller has it (else each task's is looked up)."""
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                      thread_name_prefix="duban-replay")
     try:
@@ -736,9 +875,10 @@ async def verify_tasks(
         for task_id in task_ids:
             cp = (checkpoints or {}).get(task_id)
             chain = (chains or {}).get(task_id)
+            known = None if sources is None else sources.get(task_id, [])
             out.append(await verify_task(task_id, store=store, client=client, source=source,
                                          expected_head=cp, chain=chain, replayer=replayer,
-                                         replay=replay))
+                                         replay=replay, known_in=known))
         return out
     finally:
         executor.shutdown(wait=False)
@@ -763,6 +903,16 @@ class ArchiveOutcome:
 
 
 CLOSED_QUERY = "WorkflowType='KeyTask' AND ExecutionStatus != 'Running'"
+ALL_QUERY = "WorkflowType='KeyTask'"
+
+
+async def task_ids_in_visibility(client: Client, query: str = ALL_QUERY) -> set[str]:
+    """The task ids of every KeyTask workflow Temporal's visibility lists (each run of a task
+    continued as new is listed: one id each). Raises where the server keeps no visibility."""
+    from workflows.keytask import workflow_id as workflow_id_of
+
+    assert workflow_id_of("p/t/u") == "p/t/u", "workflow ids are no longer task ids"
+    return {wf.id async for wf in client.list_workflows(query)}
 
 
 async def archive_run(client: Client, store: Any, workflow_id: str, run_id: str,

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select
 
+from audit.chain_check import verify_store
 from domain.canonical import canonical_json
 from domain.hashchain import heads_root
 from infra.db.models import EventRow
@@ -374,7 +375,7 @@ def verify_against_checkpoint(store: Any, checkpoint: Any, public_key: Any = Non
         created, fpr = doc["created_at"], doc["key_fingerprint"]
         heads = {t: (int(h["seq"]), str(h["hash"])) for t, h in doc["heads"].items()}
     current, _events = store_heads(store)
-    audit = store.verify_all(checkpoints=heads, workers=workers)
+    audit = verify_store(store, checkpoints=heads, workers=workers)
     failed = dict(audit.failures)
     report = CheckpointReport(created_at=created, key_fingerprint=fpr)
     for task_id in sorted(set(heads) | set(current)):
