@@ -11,16 +11,20 @@ import hashlib
 import json
 import sys
 from collections import Counter
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from domain.commands import Rejection, parse_command
+from domain.calendar import DEFAULT_TZ
+from domain.commands import Rejection, parse_command, size_rejection
 from domain.plan import PlanInvalid, TaskSpec, estimated_calendar_years, resolve_plan
+from infra.db.queries import board as board_counts
 from infra.db.queries import list_tasks
 from infra.settings import get_settings
 
@@ -76,18 +80,55 @@ async def _client() -> Any:
         _fail(f"cannot reach Temporal at {get_settings().temporal_address}: {exc}")
 
 
+def _json_default(value: Any) -> Any:
+    # Times as ISO 8601 (str() of a datetime puts a space for the "T").
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, ensure_ascii=False, default=str))
+    out.print_json(json.dumps(data, ensure_ascii=False, default=_json_default))
+
+
+def _local(value: dt.datetime | None, tz: str) -> str:
+    """An instant in the local time of `tz`, with its offset: 2026-09-19 00:00 +08:00."""
+    if value is None:
+        return "—"
+    local = value.astimezone(ZoneInfo(tz))
+    offset = local.isoformat()[-6:]
+    return f"{local:%Y-%m-%d %H:%M} {offset}"
+
+
+class Light(StrEnum):
+    green = "green"
+    yellow = "yellow"
+    red = "red"
+
+
+class Status(StrEnum):
+    assigned = "assigned"
+    acknowledged = "acknowledged"
+    in_progress = "in_progress"
+    completed = "completed"
+    closed = "closed"
+
+
+class ShowSource(StrEnum):
+    live = "live"
+    store = "store"
 
 
 # --- plan ------------------------------------------------------------------------------------
 
 def _resolve(path: Path) -> list[TaskSpec]:
+    from infra.calendar_source import calendar_for_plan
     from planfiles import load_ladders, read_plan
 
     try:
         plan = read_plan(path)
-        specs = resolve_plan(plan, load_ladders())
+        # Each task records the working days of its years: never read again from `holidays`.
+        specs = resolve_plan(plan, load_ladders(), calendar_for_plan(plan))
     except PlanInvalid as exc:
         _fail(str(exc))
     except (ValueError, OSError) as exc:
@@ -225,25 +266,31 @@ def task_list(
     task: Annotated[str | None, typer.Option(help="task code")] = None,
     unit: Annotated[str | None, typer.Option(help="responsible unit code")] = None,
     parent: Annotated[str | None, typer.Option(help="parent unit (township) code")] = None,
-    light: Annotated[str | None, typer.Option(help="green | yellow | red")] = None,
-    status: Annotated[str | None, typer.Option(help="assigned|acknowledged|in_progress|completed|closed")] = None,
+    light: Annotated[Light | None, typer.Option(help="light", case_sensitive=False)] = None,
+    status: Annotated[Status | None, typer.Option(help="status", case_sensitive=False)] = None,
     limit: Annotated[int, typer.Option(help="rows at most")] = 200,
+    tz: Annotated[str, typer.Option("--tz", help="time zone of the times shown")] = DEFAULT_TZ,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Tasks from the read model, most urgent first."""
+    try:
+        ZoneInfo(tz)
+    except (ValueError, KeyError) as exc:
+        _fail(f"unknown time zone {tz!r}: {exc}")
     rows = list_tasks(_engine(), plan_code=plan, task_code=task, unit_code=unit,
-                      parent_unit=parent, light=light, status=status, limit=limit)
+                      parent_unit=parent, light=light.value if light else None,
+                      status=status.value if status else None, limit=limit)
     if as_json:
         _print_json(rows)
         return
     table = Table(title=f"{len(rows)} task(s)")
-    for col in ("task id", "title", "light", "status", "level", "progress", "next due"):
+    for col in ("task id", "title", "light", "status", "level", "progress"):
         table.add_column(col)
+    table.add_column("next due", no_wrap=True, min_width=len("2026-09-19 00:00 +08:00"))
     for r in rows:
-        nd = r["next_due_at"]
         table.add_row(r["task_id"], r["title"], f"[{LIGHT_STYLE[r['light']]}]{r['light']}[/]",
                       r["status"], str(r["level"]), f"{r['progress']}%",
-                      nd.strftime("%Y-%m-%d %H:%M") if nd else "—")
+                      _local(r["next_due_at"], tz))
     out.print(table)
 
 
@@ -264,7 +311,8 @@ async def _live(task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | N
 def task_show(
     task_id: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    source: Annotated[str, typer.Option(help="live (query the workflow) or store")] = "live",
+    source: Annotated[ShowSource, typer.Option(
+        help="live (query the workflow) or store")] = ShowSource.live,
 ) -> None:
     """A task's state and its events (live from the workflow, or from the store)."""
     from domain.events import parse_event
@@ -272,7 +320,7 @@ def task_show(
 
     state: dict[str, Any] | None = None
     events: list[dict[str, Any]] = []
-    if source == "live":
+    if source is ShowSource.live:
         got = asyncio.run(_live(task_id))
         if got is not None:
             state, events = got
@@ -290,15 +338,24 @@ def task_show(
     out.print(f"[bold]{spec['title']}[/bold] — {spec['unit']['name']} ({task_id})")
     out.print(f"status {state['status']}, light [{LIGHT_STYLE[state['light']]}]{state['light']}[/],"
               f" level {state['level']}, progress {state['progress']}%")
+    # Times are never cut: their columns do not wrap and are as wide as an ISO time; the free
+    # text columns fold instead.
+    time_width = len("2026-09-19T00:00:00.014000Z")
     nt = Table(title="nodes")
-    for col in ("node", "title", "due", "status", "on time"):
-        nt.add_column(col)
+    nt.add_column("node", no_wrap=True)
+    nt.add_column("title", overflow="fold")
+    nt.add_column("due", no_wrap=True, min_width=time_width)
+    nt.add_column("status", no_wrap=True)
+    nt.add_column("on time", no_wrap=True)
     for n in state["nodes"]:
         nt.add_row(n["code"], n["title"], n["due"], n["status"], str(n["on_time"]))
     out.print(nt)
     et = Table(title=f"events ({len(events)})")
-    for col in ("seq", "at", "actor", "type", "detail"):
-        et.add_column(col)
+    et.add_column("seq", no_wrap=True, justify="right")
+    et.add_column("at", no_wrap=True, min_width=time_width)
+    et.add_column("actor", overflow="fold")
+    et.add_column("type", no_wrap=True)
+    et.add_column("detail", overflow="fold")
     for e in events:
         detail = {k: v for k, v in e.items()
                   if k not in ("task_id", "seq", "at", "actor", "type", "v", "spec")}
@@ -308,24 +365,45 @@ def task_show(
 
 
 @app.command("board")
-def board(plan: Annotated[str | None, typer.Option(help="plan code")] = None) -> None:
-    """挂图作战: lights per task and per township, and the completion rate."""
-    rows = list_tasks(_engine(), plan_code=plan, limit=1_000_000)
-    by_task: dict[str, Counter[str]] = {}
-    for r in rows:
-        by_task.setdefault(f"{r['task_code']} {r['title']}", Counter())[r["light"]] += 1
-        by_task[f"{r['task_code']} {r['title']}"]["done" if r["status"] in ("completed", "closed")
-                                                  else "open"] += 1
-    table = Table(title=f"board — {len(rows)} task instances")
-    for col in ("task", "green", "yellow", "red", "done", "open"):
-        table.add_column(col)
-    for name, c in sorted(by_task.items()):
-        table.add_row(name, str(c["green"]), str(c["yellow"]), f"[bold red]{c['red']}[/]",
-                      str(c["done"]), str(c["open"]))
-    out.print(table)
-    done = sum(1 for r in rows if r["status"] in ("completed", "closed"))
-    if rows:
-        out.print(f"completion {done}/{len(rows)} = {100 * done / len(rows):.1f}%")
+def board(
+    plan: Annotated[str | None, typer.Option(help="plan code (default: every plan)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """挂图作战: per plan, the lights (green/yellow/red) and the completion rate of each
+    township (the responsible unit's parent unit) and of each task."""
+    plans = board_counts(_engine(), plan_code=plan)
+    if as_json:
+        _print_json({"plans": plans})
+        return
+    if not plans:
+        out.print(f"no tasks{f' in plan {plan!r}' if plan else ''} in the store")
+        return
+
+    def counts(table: Table, name: str, r: dict[str, Any]) -> None:
+        table.add_row(name, str(r["tasks"]), f"[green]{r['green']}[/]",
+                      f"[yellow]{r['yellow']}[/]", f"[bold red]{r['red']}[/]", str(r["done"]),
+                      f"{r['completion']:.1f}%")
+
+    def new_table(title: str, first: str) -> Table:
+        table = Table(title=title, title_justify="left")
+        table.add_column(first, overflow="fold")
+        for col in ("tasks", "green", "yellow", "red", "done", "completion"):
+            table.add_column(col, justify="right", no_wrap=True)
+        return table
+
+    for i, p in enumerate(plans):
+        if i:
+            out.print()
+        out.rule(f"plan {p['plan_code']}", align="left")
+        towns = new_table("per township (乡镇)", "township")
+        for r in p["townships"]:
+            counts(towns, r["parent_unit"] or "(no parent unit)", r)
+        out.print(towns)
+        tasks = new_table("per task", "task")
+        for r in p["by_task"]:
+            counts(tasks, f"{r['task_code']} {r['title']}", r)
+        out.print(tasks)
+        out.print(f"completion {p['done']}/{p['tasks']} = {p['completion']:.1f}%")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -359,7 +437,12 @@ async def _send(task_id: str, name: str, payload: dict[str, Any], as_signal: boo
 
 def _command(name: str, task_id: str, payload: dict[str, Any], as_signal: bool) -> None:
     """Validate locally (a clear error before anything is sent), then send and print the answer."""
+    from infra.temporal.client import command_size
+
     payload = {k: v for k, v in payload.items() if v is not None}
+    too_large = size_rejection(name, command_size(json.loads(json.dumps(payload, default=str))))
+    if too_large is not None:
+        _fail(too_large.reason)
     parsed = parse_command(name, json.loads(json.dumps(payload, default=str)))
     if isinstance(parsed, Rejection):
         _fail(parsed.reason)
@@ -441,8 +524,9 @@ def _parse_finding(text: str) -> dict[str, Any]:
 
 @app.command("inspect")
 def inspect(
-    target: Annotated[str, typer.Argument(help="task id (PLAN/TASK/UNIT), or `import`")],
-    file: Annotated[Path | None, typer.Argument(help="with `import`: the team's .csv/.xlsx")] = None,
+    target: Annotated[str, typer.Argument(help="task id (PLAN/TASK/UNIT), `import` or `template`")],
+    file: Annotated[Path | None, typer.Argument(
+        help="with `import`: the team's .csv/.xlsx; with `template`: where to write a sample")] = None,
     actor: Annotated[str | None, typer.Option("--actor", help="the inspector (督查组)")] = None,
     inspection_id: Annotated[str | None, typer.Option("--id", help="inspection id (unique per task)")] = None,
     place: Annotated[str | None, typer.Option()] = None,
@@ -458,7 +542,13 @@ def inspect(
 
     The sheet has one row per finding (columns 任务ID, 检查编号, 督查人, 检查时间, 地点, 检查节点,
     结果, 问题编号, 严重程度, 问题描述, 问题节点, 证据SHA256, 定位); each row gets a verdict, and
-    importing the same sheet twice records nothing twice."""
+    importing the same sheet twice records nothing twice. `inspect template FILE` writes a sample
+    round for the demo plan (`make demo`), visited just before now, ready to import."""
+    if target == "template":
+        if file is None:
+            _fail("inspect template needs a FILE to write (.xlsx or .csv)")
+        _write_sample_round(file)
+        return
     if target == "import":
         if file is None:
             _fail("inspect import needs a FILE (.csv or .xlsx)")
@@ -476,6 +566,24 @@ def inspect(
         "outcome": outcome, "nodes": node or [],
         "findings": [_parse_finding(f) for f in finding or []],
     }, signal)
+
+
+def _write_sample_round(file: Path) -> None:
+    from infra.settings import REPO_ROOT
+    from planfiles import load_ladders, read_plan
+    from planfiles.demo_plan import demo_plan
+    from service.sample_round import sample_round, write_round
+
+    now = dt.datetime.now(dt.UTC)
+    base = read_plan(REPO_ROOT / "plans" / "sample-2026.yaml")
+    specs = resolve_plan(demo_plan(now, base), load_ladders())
+    rows = sample_round(specs, now)
+    try:
+        write_round(rows, file)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"wrote {file}: {len(rows)} row(s) for {len({r['任务ID'] for r in rows})} demo "
+              f"task(s); import it with `inspect import {file}`")
 
 
 def _import_inspections(file: Path, as_json: bool) -> None:

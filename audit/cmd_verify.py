@@ -134,6 +134,24 @@ def _print_verdicts(verdicts: list[Any], console: Console) -> None:
 
 # --- verify ----------------------------------------------------------------------------------
 
+PROGRESS_EVERY = 25  # tasks per progress line of `verify --all`
+
+
+async def _verify_in_slices(task_ids: list[str], show: bool, **kw: Any) -> list[Any]:
+    """`verify_tasks`, and with `show` a line on stderr every PROGRESS_EVERY tasks: a run over
+    a whole store takes a while, and must show it is alive (stdout stays the verdict)."""
+    from audit.replay import verify_tasks
+
+    if not show:
+        return await verify_tasks(task_ids, **kw)
+    done: list[Any] = []
+    for i in range(0, len(task_ids), PROGRESS_EVERY):
+        done += await verify_tasks(task_ids[i:i + PROGRESS_EVERY], **kw)
+        bad = sum(1 for v in done if not v.ok)
+        _err().print(f"verify: {len(done)}/{len(task_ids)} task(s) checked"
+                     f"{f', {bad} failing' if bad else ''}", highlight=False)
+    return done
+
 
 async def _temporal_task_ids(client: Any) -> set[str]:
     """Every KeyTask workflow id Temporal's visibility lists (a KeyTask's id is its task id);
@@ -180,7 +198,7 @@ def verify(
     the events); Temporal's search attributes; tasks.updated_at, archives.archived_at; with
     --chain-only and no --checkpoint, a cut-off tail or a recomputed chain."""
     from audit.chain_check import task_sources
-    from audit.replay import NOT_COVERED, verify_tasks
+    from audit.replay import NOT_COVERED
 
     if (task is None) == (not all_tasks):
         _fail("give a TASK or --all (not both)")
@@ -189,6 +207,7 @@ def verify(
     store = _store()
     chains: dict[str, Any] = {}
     if all_tasks:
+        _err().print("verify: walking the hash chains of the store…", highlight=False)
         report = verify_store(store, checkpoints=heads or None)
         chains = dict(report.failures)
         elsewhere = task_sources(store)
@@ -210,9 +229,9 @@ def verify(
             client = await _client(required=src == "live")
         if all_tasks and client is not None:
             task_ids[:] = sorted(set(task_ids) | await _temporal_task_ids(client))
-        verdicts = await verify_tasks(task_ids, store=store, client=client, source=src,
-                                      checkpoints=heads, chains=chains, replay=not chain_only,
-                                      sandboxed=not fast, sources=elsewhere)
+        verdicts = await _verify_in_slices(
+            task_ids, all_tasks, store=store, client=client, source=src, checkpoints=heads,
+            chains=chains, replay=not chain_only, sandboxed=not fast, sources=elsewhere)
         # Events a workflow decided that the store refused for good (never recorded).
         gaps = [] if client is None else await recording_gaps(client, store, task_ids)
         return verdicts, gaps

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
@@ -48,7 +50,7 @@ class RecordingGap:
 
 def _failing_record(description: Any) -> str | None:
     """Why the run's `record_batch` activity is failing, if it is."""
-    for pending in description.raw_description.pending_activities:
+    for pending in description.pending_activities:
         if pending.activity_type.name != RECORD_ACTIVITY:
             continue
         if pending.HasField("last_failure") and pending.attempt > 1:
@@ -64,8 +66,11 @@ async def _closing_failure(handle: Any) -> str:
         last = event
     attrs = last.workflow_execution_failed_event_attributes
     if attrs.HasField("failure"):
+        # The chain runs workflow failure -> activity failure -> the activity's error -> its
+        # cause: name the store's refusal if there is one, else the innermost error.
         failure = attrs.failure
-        while failure.HasField("cause"):
+        while (failure.application_failure_info.type not in STORE_REFUSAL_TYPES
+               and failure.HasField("cause")):
             failure = failure.cause
         kind = failure.application_failure_info.type or "error"
         return f"the run failed: {kind}: {failure.message}"
@@ -76,12 +81,15 @@ async def recording_gap(client: Client, store: Any, task_id: str) -> RecordingGa
     """The finding for one task, or None (no workflow, or nothing decided left unrecorded)."""
     handle = client.get_workflow_handle(task_id)
     try:
-        description = await handle.describe()
+        # The raw description: it needs no decoding of search attributes.
+        description = await client.workflow_service.describe_workflow_execution(
+            DescribeWorkflowExecutionRequest(namespace=client.namespace,
+                                             execution=WorkflowExecution(workflow_id=task_id)))
     except RPCError:
         return None  # no workflow (e.g. the engine's retention passed): nothing to compare
     stored = int(store.head(task_id).seq)
-    status = description.status
-    status_name = status.name.lower() if status is not None else "unknown"
+    status = WorkflowExecutionStatus(description.workflow_execution_info.status)
+    status_name = status.name.lower()
     decided: int | None = None
     recorded: int | None = None
     try:

@@ -306,8 +306,10 @@ class TaskVerdict:
 
     @property
     def reason(self) -> str | None:
-        """The first thing to read: a cause if there is one, else the earliest bad seq."""
-        causes = [d for d in self.divergences if d.kind in CAUSE_KINDS]
+        """The first thing to read: a deleted record or an altered or missing archive, else
+        the earliest bad seq (chain first), else a read model that is not the fold (derived
+        from the events, it is what an edit of them brings about last)."""
+        causes = [d for d in self.divergences if d.kind in CAUSE_KINDS and d.kind != "read-model"]
         if causes:
             first = min(causes, key=_order)
             return f"{first.kind}: {first.reason}"
@@ -315,7 +317,9 @@ class TaskVerdict:
         if self.chain is not None and not self.chain.ok:
             candidates.append((self.chain.first_bad_seq or 0, 0, f"chain: {self.chain.reason}"))
         for d in self.divergences:
-            candidates.append((d.seq if d.seq is not None else 1 << 62, 1, f"{d.kind}: {d.reason}"))
+            rank = 2 if d.kind == "read-model" else 1
+            candidates.append((d.seq if d.seq is not None else 1 << 62, rank,
+                               f"{d.kind}: {d.reason}"))
         if candidates:
             return min(candidates)[2]
         if self.no_archive is not None:
@@ -664,12 +668,10 @@ async def fetch_task_histories(
     """Every run of the task, oldest first: live histories followed back through
     continue-as-new (no visibility needed), an archived one where Temporal no longer has it
     (or always, with source="archive"). Archives whose digest no longer matches are refused."""
-    from workflows.keytask import workflow_id as workflow_id_of
-
     notes = notes if notes is not None else []
     problems: list[Divergence] = []
     archives = {a.run_id: a for a in store.list_archives(task_id)} if store is not None else {}
-    wid = workflow_id_of(task_id)
+    wid = task_id  # a KeyTask's workflow id is its task id
 
     def from_archive(run_id: str) -> WorkflowHistory | None:
         record = archives.get(run_id)
@@ -909,10 +911,7 @@ ALL_QUERY = "WorkflowType='KeyTask'"
 async def task_ids_in_visibility(client: Client, query: str = ALL_QUERY) -> set[str]:
     """The task ids of every KeyTask workflow Temporal's visibility lists (each run of a task
     continued as new is listed: one id each). Raises where the server keeps no visibility."""
-    from workflows.keytask import workflow_id as workflow_id_of
-
-    assert workflow_id_of("p/t/u") == "p/t/u", "workflow ids are no longer task ids"
-    return {wf.id async for wf in client.list_workflows(query)}
+    return {wf.id async for wf in client.list_workflows(query)}  # workflow id = task id
 
 
 async def archive_run(client: Client, store: Any, workflow_id: str, run_id: str,
@@ -962,8 +961,6 @@ async def archive_closed_runs(
         async for wf in client.list_workflows(query):
             outcomes.append(await archive_run(client, store, wf.id, wf.run_id))
         return outcomes
-    from workflows.keytask import workflow_id as workflow_id_of
-
     for task_id in task_ids:
         histories, _ = await fetch_task_histories(task_id, client=client, store=None,
                                                   source="live")
@@ -971,6 +968,6 @@ async def archive_closed_runs(
             outcomes.append(ArchiveOutcome(task_id, "", "skipped", 0, 0,
                                            "Temporal has no run of this task"))
         for history, _src in histories:
-            outcomes.append(await archive_run(client, store, workflow_id_of(task_id),
+            outcomes.append(await archive_run(client, store, task_id,
                                               history.run_id, history))
     return outcomes

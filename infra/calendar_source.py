@@ -11,8 +11,8 @@ plans and explicit updates get, never the arithmetic of a running or replayed ta
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 
-import holidays
 from holidays.countries.china import China, ChinaStaticHolidays
 
 from domain.calendar import Calendar, calendar_from_days, local_date
@@ -20,7 +20,7 @@ from domain.plan import CALENDAR_MARGIN_YEARS, Plan
 
 
 def source_label() -> str:
-    return f"holidays {holidays.__version__} (CN)"
+    return f"holidays {importlib.metadata.version('holidays')} (CN)"
 
 
 def china_calendar(first_year: int, last_year: int) -> Calendar:

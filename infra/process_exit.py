@@ -21,6 +21,8 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from typer import Exit as TyperExit
+
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
@@ -67,25 +69,16 @@ def run_and_exit(main: Callable[[], object]) -> NoReturn:
     except KeyboardInterrupt:
         code = INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - reported as the interpreter would, then 1
-        typer_code = _click_exit_code(exc)
+        typer_code = _typer_exit_code(exc)
         if typer_code is None:
             traceback.print_exc()
         code = 1 if typer_code is None else typer_code
     exit_now(code)
 
 
-def _click_exit_code(exc: BaseException) -> int | None:
-    """typer's or click's Exit raised outside an app's standalone mode (which turns them into
-    SystemExit): their status, not a traceback."""
-    kinds: list[type[BaseException]] = []
-    with contextlib.suppress(ImportError):
-        from click.exceptions import Exit as ClickExit
-
-        kinds.append(ClickExit)
-    with contextlib.suppress(ImportError):
-        from typer.exceptions import Exit as TyperExit
-
-        kinds.append(TyperExit)
-    if isinstance(exc, tuple(kinds)):
-        return status_of(getattr(exc, "exit_code", 1))
+def _typer_exit_code(exc: BaseException) -> int | None:
+    """typer's Exit raised outside an app's standalone mode (which turns it into SystemExit):
+    its status, not a traceback."""
+    if isinstance(exc, TyperExit):
+        return status_of(exc.exit_code)
     return None

@@ -3,7 +3,15 @@
 One row per finding (问题); rows sharing a task and an inspection number make one inspection.
 A row without a finding records an inspection with no problems. Every row gets a verdict:
 accepted, rejected (with the reason), or already recorded — so importing the same sheet twice
-records nothing twice.
+records no inspection twice.
+
+A refused row leaves the same trace on its task as the command sent by hand would: the task
+records a `CommandRejected` (who tried what, and why). A well-formed inspection goes as a
+validated update, whose handler records a refusal on the state; a malformed row goes as a
+signal, which the workflow parses as this module did and records as malformed. Each import of
+a refused row is an attempt of its own, recorded again. Rows naming no existing task, and rows
+of one inspection that disagree with each other (no single command to record), are reported
+in the verdicts only.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domain.commands import Rejection, parse_command
+from domain.commands import Rejection, parse_command, size_rejection
+from infra.temporal.client import command_size
 
 # header (Chinese as printed on the sheet, or English) -> field
 COLUMNS: dict[str, str] = {
@@ -51,6 +60,9 @@ class Group:
     rows: list[int] = field(default_factory=list)
     payload: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # True when `error` is `parse_command`'s refusal of `payload`: the workflow, parsing the
+    # same payload, refuses it for the same reason, so it can be recorded on the task.
+    malformed: bool = False
 
 
 def _cell(value: Any) -> str:
@@ -93,13 +105,20 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 def group_rows(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Group], list[RowVerdict]]:
     """Inspections to send, and the verdicts of rows refused before anything is sent."""
     groups: dict[tuple[str, str], Group] = {}
+    blank_rows: list[Group] = []
     refused: list[RowVerdict] = []
     for number, r in rows:
         task_id, iid = r.get("task_id", ""), r.get("inspection_id", "")
         blank = [c for c in REQUIRED if not r.get(c)]
         if blank:
-            refused.append(RowVerdict(number, task_id, iid, "rejected",
-                                      f"row {number}: empty {', '.join(blank)}"))
+            why = f"row {number}: empty {', '.join(blank)}"
+            if not task_id:
+                refused.append(RowVerdict(number, task_id, iid, "rejected", why))
+                continue
+            # what the row does say, as the command it would be: refused for its blanks
+            payload = {k: r[k] for k in ("actor", "inspection_id", "visited_at", "place",
+                                         "outcome") if r.get(k)}
+            blank_rows.append(Group(task_id, iid, [number], payload, error=why))
             continue
         g = groups.get((task_id, iid))
         header = {"actor": r["actor"], "inspection_id": iid, "visited_at": r["visited_at"],
@@ -124,15 +143,22 @@ def group_rows(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Group], lis
                 finding["node"] = r["finding_node"]
             g.payload["findings"].append(finding)
     for g in groups.values():
+        too_large = size_rejection("inspect", command_size(g.payload))
+        if g.error is None and too_large is not None:
+            g.error = too_large.reason  # refused here: nothing that large is sent
         if g.error is None:
             parsed = parse_command("inspect", g.payload)
             if isinstance(parsed, Rejection):
-                g.error = parsed.reason
-    return list(groups.values()), refused
+                g.error, g.malformed = parsed.reason, True
+    for g in blank_rows:
+        # recordable only if the workflow's own parse refuses it too (it lacks a field it needs)
+        g.malformed = isinstance(parse_command("inspect", g.payload), Rejection)
+    return sorted([*groups.values(), *blank_rows], key=lambda g: g.rows[0]), refused
 
 
 async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
-    """Validate every row, send each inspection as a validated update, report per row."""
+    """Validate every row, send each inspection as a validated update, report per row; a
+    refused row is recorded on its task when the task exists (see the module docstring)."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
@@ -142,28 +168,40 @@ async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
             verdicts.extend(RowVerdict(n, g.task_id, g.inspection_id, verdict, reason)
                             for n in g.rows)
 
-        if g.error is not None:
-            mark("rejected", g.error)
-            continue
         handle = client.get_workflow_handle(g.task_id)
         try:
             state = await handle.query("state")
         except RPCError as exc:
-            mark("rejected", f"unknown task {g.task_id!r}: {exc.message}")
+            mark("rejected", g.error or f"unknown task {g.task_id!r}: {exc.message}")
+            continue
+        if g.error is not None:
+            if not g.malformed:
+                mark("rejected", g.error)
+                continue
+            try:
+                await handle.signal("inspect", g.payload)
+            except RPCError as exc:
+                mark("rejected", f"{g.error} (not recorded on the task: {exc.message})")
+                continue
+            mark("rejected", f"{g.error} (recorded on the task)")
             continue
         if any(i["inspection_id"] == g.inspection_id for i in state.get("inspections", [])):
             mark("already recorded", "this inspection is on the task already; nothing sent")
             continue
-        check = await handle.query(
-            "check", args=["inspect", g.payload, dt.datetime.now(dt.UTC).isoformat()])
-        if not check["ok"]:
-            mark("rejected", check["reason"])
-            continue
         try:
             await handle.execute_update("inspect", g.payload)
         except WorkflowUpdateFailedError as exc:
+            # Refused on the task's state, the handler records the attempt before refusing; a
+            # refusal by the update's validator (e.g. too large) leaves no record.
             cause = exc.cause
-            mark("rejected", str(getattr(cause, "message", None) or cause or exc))
+            reason = str(getattr(cause, "message", None) or cause or exc)
+            try:
+                since = await handle.query("events", state["last_seq"])
+            except RPCError:
+                since = []
+            recorded = any(e["type"] == "CommandRejected" and e["command"] == "inspect"
+                           and e["actor"] == g.payload["actor"] for e in since)
+            mark("rejected", f"{reason} (recorded on the task)" if recorded else reason)
             continue
         except RPCError as exc:
             mark("rejected", exc.message)

@@ -261,6 +261,22 @@ async def test_cli_exported_history_replays_and_archive_completes(
     code, out = await audit("verify", spec.task_id, "--source", "archive", "--json")
     (task,) = _json(out)["tasks"]
     assert code == 0 and task["verdict"] == "ok" and task["runs"][0]["close"] == "completed"
-    code, out = await audit("verify", "--all", "--source", "live")
-    assert code == 0 and spec.task_id in out
+    # --all also lists Temporal's visibility. The dev server is the session's: workflows of
+    # other tests recorded into other stores are, for this store, tasks without events.
+    code, out = await audit("verify", "--all", "--source", "live", "--json")
+    report = _json(out)
+    foreign = [t for t in report["tasks"] if not t["ok"]]
+    assert all(t["stored_events"] == 0 and t["sources"] == ["Temporal"] for t in foreign), out
+    assert code == (1 if foreign else 0), out
+    (mine,) = [t for t in report["tasks"] if t["task_id"] == spec.task_id]
+    assert mine["verdict"] == "ok"
+    # every row of the task deleted from the store: only Temporal's visibility still knows it
+    with store.engine.begin() as conn:
+        for table in ("events", "tasks", "inspections", "findings", "notices", "outbox",
+                      "archives"):
+            conn.execute(text(f"DELETE FROM {table} WHERE task_id = :t"), {"t": spec.task_id})
+    code, out = await audit("verify", "--all", "--source", "live", "--json")
+    (mine,) = [t for t in _json(out)["tasks"] if t["task_id"] == spec.task_id]
+    assert code == 1 and mine["verdict"] == "tampered", out
+    assert mine["reason"] == "no-events: no events in the store, but the task exists in Temporal"
     store.engine.dispose()

@@ -182,9 +182,9 @@ async def test_forged_read_model_is_a_finding(
     assert code == 0, out
     assert "not covered" in out and "recorded_at" in out  # what verify does not check, stated
     row = store.read_model_rows(task_id)["task"]
-    assert row["level"] > 0
-    with store.engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET light = 'red', level = 0, status = 'active' "
+    assert (row["status"], row["light"], row["level"]) == ("closed", "green", 0)
+    with store.engine.begin() as conn:  # the board would show it red, escalated, still open
+        conn.execute(text("UPDATE tasks SET light = 'red', level = 3, status = 'active' "
                           "WHERE task_id = :t"), {"t": task_id})
         conn.execute(text(
             "INSERT INTO inspections (inspection_id, task_id, inspector, visited_at, place, "

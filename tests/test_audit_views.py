@@ -103,7 +103,11 @@ async def test_state_as_of_matches_the_workflow_state_query(
     await settled(wf_store, handle)
 
     events = load_events(wf_store, spec.task_id)
-    assert len({s["last_seq"] for s in snapshots}) == len(snapshots)  # all different moments
+    seqs = [s["last_seq"] for s in snapshots]
+    # Moments in order, and distinct except that the light change a command causes may land in
+    # the snapshot after the command or only in the next one (the clock's pass that follows it),
+    # so the last two (three idle days later) may show the same state.
+    assert seqs == sorted(seqs) and len(set(seqs[:-1])) == len(seqs) - 1, seqs
     for want in snapshots:
         moment = dt.datetime.fromisoformat(want["last_at"])
         got = show(wf_store, spec.task_id, moment, events=events).to_json()["state"]

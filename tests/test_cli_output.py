@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from domain import events as ev
 from domain.decide import assign, tick
 from domain.evolve import evolve
+from domain.projection import project
 from infra.db.models import TaskRow
-from infra.db.store import EventStore
+from infra.db.store import EventStore, ReadModel
 from tests.scenario import make_spec
 
 UTC = dt.UTC
@@ -145,3 +146,43 @@ def test_task_show_prints_whole_event_times_at_80_columns(cli: Any, store: Event
     for e in evts:
         assert ev.event_json(e)["at"] in result.stdout, ev.event_json(e)["at"]
     assert cli("task", "show", spec.task_id, "--source", "nowhere").exit_code == 2
+
+
+def test_audit_verify_all_shows_its_progress_on_stderr(cli: Any, store: EventStore) -> None:
+    t0 = dt.datetime(2026, 9, 1, 1, 0, tzinfo=UTC)
+    for i in range(30):
+        spec = make_spec(t0, plan_code="P9", code=f"T{i:02d}")
+        first = assign(spec, t0)
+        rm = project(evolve(None, first))
+        store.append(spec.task_id, [ev.event_json(first)],
+                     ReadModel(task=rm.task.model_dump(), inspections=[], findings=[]))
+    result = cli("audit", "verify", "--all", "--chain-only", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["tasks"] == 30  # stdout stays the verdict
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("verify: ")]
+    assert lines[0] == "verify: walking the hash chains of the store…"
+    assert lines[1:] == ["verify: 25/30 task(s) checked", "verify: 30/30 task(s) checked"]
+
+
+def test_an_oversized_command_is_refused_before_anything_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The front door measures the command as the workflow would and refuses it with the size
+    and the limit; the Temporal address points at a closed port, so reaching the server would
+    be a different error."""
+    import starter
+    from domain.commands import MAX_COMMAND_BYTES
+    from infra.settings import get_settings
+    from infra.temporal.devserver import free_port
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(starter.app, [
+            "progress", "p/T1/v01", "--actor", "unit.member", "--percent", "10",
+            "--note", "长" * (MAX_COMMAND_BYTES // 3 + 10)])
+    finally:
+        get_settings.cache_clear()
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert f"a command may carry at most {MAX_COMMAND_BYTES} bytes" in said
+    assert "connect" not in said.lower()

@@ -29,6 +29,7 @@ IMPURE = {
     "database": ("import sqlalchemy\n\nX = sqlalchemy\n", "`sqlalchemy`"),
     "engine": ("from temporalio import workflow\n\nX = workflow\n", "`temporalio`"),
     "files": ("from pathlib import Path\n\nX = Path\n", "`pathlib`"),
+    "live calendar": ("import holidays\n\nX = holidays\n", "`holidays`"),
     "print": ("def f() -> None:\n    print(1)\n", "T201"),
 }
 

@@ -205,8 +205,23 @@ async def test_continue_as_new_keeps_state(ts_env: WorkflowEnvironment, worker: 
     state = await latest.query("state")
     assert state["progress"] == 50 and state["acknowledged_at"] is not None
     assert state["nodes"][0]["status"] == "claimed"
-    await update(latest, "accept", actor="supervisor", node="N1")
-    stored = [s.event for s in wf_store.load(spec.task_id)]
+    answer = await update(latest, "accept", actor="supervisor", node="N1")
+    accepted_seq = answer["events"][0]["seq"]
+    # The update answers before the loop records: wait (bounded) until the store has caught up
+    # with everything the workflow decided, then compare the two records.
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        state = await latest.query("state")
+        stored = [s.event for s in wf_store.load(spec.task_id)]
+        if stored and stored[-1]["seq"] == state["last_seq"] and state["recorded_seq"] == state["last_seq"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the store never caught up"
+        await asyncio.sleep(0.05)
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
-    assert stored[-1]["type"] == "NodeAccepted" or (await latest.query("state"))["last_seq"] >= stored[-1]["seq"]
-    assert len(wf_store.list_archives(spec.task_id)) >= 1
+    by_seq = {e["seq"]: e for e in stored}
+    assert by_seq[accepted_seq]["type"] == "NodeAccepted" and by_seq[accepted_seq]["node"] == "N1"
+    assert [e["type"] for e in stored].count("TaskAssigned") == 1  # carried, not restarted
+    live = {e["seq"]: e["type"] for e in await events(latest)}
+    assert all(by_seq[q]["type"] == t for q, t in live.items())  # one record, two readers
+    archived_runs = {a.run_id for a in wf_store.list_archives(spec.task_id)}
+    assert first_run in archived_runs  # the finished run's history was archived before it went

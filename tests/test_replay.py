@@ -75,6 +75,7 @@ def test_recorded_histories_cover_every_event_command_and_ladder_step(
         "request_extension": "ExtensionRequested", "decide_extension": "ExtensionDecided",
         "inspect": "InspectionRecorded", "report_rectification": "RectificationReported",
         "verify_rectification": "RectificationVerified", "recheck": "RecheckRecorded",
+        "update_calendar": "CalendarUpdated",
     }
     assert set(by_command) == set(COMMANDS)
     assert {t for t in by_command.values()} <= {e["type"] for e in events}

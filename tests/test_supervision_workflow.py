@@ -26,6 +26,19 @@ async def refused(why: str, handle: Any, name: str, **payload: Any) -> None:
     assert why in str(info.value.cause), str(info.value.cause)
 
 
+async def rejections(handle: Any, n: int) -> list[dict[str, Any]]:
+    """The task's CommandRejected events once there are `n` (a signal is recorded when the
+    workflow next runs, so the caller may get there first)."""
+    async def wait() -> list[dict[str, Any]]:
+        while len(got := of_type(await events(handle), "CommandRejected")) < n:
+            await asyncio.sleep(0.05)
+        return got
+
+    got = await asyncio.wait_for(wait(), timeout=30)
+    assert len(got) == n, got
+    return got
+
+
 async def visit(env: WorkflowEnvironment) -> str:
     """The visit time: the server's now (a visit may not be in the future, nor before the task)."""
     return (await env.get_current_time()).isoformat()
@@ -77,8 +90,14 @@ async def test_findings_rectified_verified_and_closed(
     state = await handle.query("state")
     assert state["nodes"][0]["status"] == "done" and state["status"] == "in_progress"
     fid = state["findings"][0]["finding_id"]
-    # the task cannot close while the finding is open
     assert state["findings"][0]["status"] == "open"
+    # Every node is done, but the finding is open: time passes (the loop ticks) and the task
+    # neither completes nor closes.
+    await ts_env.sleep(dt.timedelta(days=2))
+    state = await handle.query("state")
+    assert state["status"] == "in_progress" and state["completed_at"] is None
+    assert not of_type(await events(handle), "TaskCompleted", "TaskClosed")
+    assert (await handle.describe()).status.name == "RUNNING"  # type: ignore[union-attr]
     await refused(
         "reports its rectification first",
         handle,
@@ -105,10 +124,15 @@ async def test_findings_rectified_verified_and_closed(
         note="仍缺两户",
     )
     assert (await handle.query("state"))["findings"][0]["status"] == "open"
+    assert not of_type(await events(handle), "TaskCompleted")  # sent back: still open
     await update(handle, "report_rectification", actor="unit.member", finding_id=fid, note="补齐")
     await update(handle, "verify_rectification", actor="supervisor", finding_id=fid, passed=True)
     result = await asyncio.wait_for(handle.result(), 20)
     assert result["status"] == "closed"
+    evts = await events(handle)
+    verified = [e["seq"] for e in evts if e["type"] == "RectificationVerified" and e["passed"]]
+    completed = of_type(evts, "TaskCompleted")
+    assert len(completed) == 1 and completed[0]["seq"] > verified[0]  # only once it was closed
 
 
 async def test_late_rectification_runs_its_own_ladder(
@@ -238,8 +262,13 @@ async def test_recheck_drawn_failed_reopens_node(ts_env: WorkflowEnvironment, wo
     await ts_env.sleep(dt.timedelta(minutes=1))
     state = await handle.query("state")
     assert state["status"] == "completed" and state["recheck_due"] is not None
+    completed = of_type(await events(handle), "TaskCompleted")[0]
     drawn = of_type(await events(handle), "RecheckScheduled")[0]
-    assert 0 <= drawn["draw"] < 100
+    # Drawn (100 % of completed tasks), due `after` the completion, open for `window` after that.
+    assert drawn["seq"] == completed["seq"] + 1
+    assert ts(drawn["due_at"]) == ts(completed["at"]) + dt.timedelta(days=28)
+    assert ts(drawn["until"]) == ts(drawn["due_at"]) + dt.timedelta(days=14)
+    assert ts(state["recheck_due"]) == ts(drawn["due_at"])
     await ts_env.sleep(ts(drawn["due_at"]) - await ts_env.get_current_time() + dt.timedelta(days=1))
     await update(
         handle,
@@ -258,11 +287,30 @@ async def test_recheck_drawn_failed_reopens_node(ts_env: WorkflowEnvironment, wo
     await update(handle, "claim", actor="unit.member", node="N1")
     await update(handle, "accept", actor="supervisor", node="N1")
     await ts_env.sleep(dt.timedelta(minutes=1))
-    if (await handle.query("state"))["status"] == "completed":
-        await update(
-            handle, "recheck", actor="supervisor", visited_at=await visit(ts_env), passed=True
-        )
+    # Completed again: drawn again (100 %), so a second 回头看 is due and this one passes.
+    state = await handle.query("state")
+    assert state["status"] == "completed" and state["recheck_due"] is not None
+    assert len(of_type(await events(handle), "TaskCompleted", "RecheckScheduled")) == 4
+    await ts_env.sleep(ts(state["recheck_due"]) - await ts_env.get_current_time()
+                       + dt.timedelta(hours=1))
+    await update(handle, "recheck", actor="supervisor", visited_at=await visit(ts_env), passed=True)
     assert (await handle.result())["status"] == "closed"
+    closed = of_type(await events(handle), "TaskClosed")
+    assert [c["reason"] for c in closed] == ["回头看 passed"]
+    assert len(of_type(await events(handle), "RecheckRecorded")) == 2
+
+
+async def test_not_drawn_for_recheck_closes_at_completion(
+    ts_env: WorkflowEnvironment, worker: None
+) -> None:
+    handle, _ = await start(ts_env, due_days=(5,), progress=(100,), recheck_percent=0)
+    await update(handle, "claim", actor="unit.member", node="N1")
+    await update(handle, "accept", actor="supervisor", node="N1")
+    assert (await asyncio.wait_for(handle.result(), 20))["status"] == "closed"
+    evts = await events(handle)
+    assert not of_type(evts, "RecheckScheduled")
+    assert [e["type"] for e in evts][-2:] == ["TaskCompleted", "TaskClosed"]
+    assert "not drawn for 回头看" in of_type(evts, "TaskClosed")[0]["reason"]
 
 
 def write_sheet(path: Path, rows: list[dict[str, str]]) -> None:
@@ -354,12 +402,32 @@ async def test_bulk_import_per_row_verdicts_and_idempotence(
     assert "not on this plan's roster" in first[8].reason
     assert "may not check its own work" in first[9].reason
     assert "empty inspection_id" in first[10].reason
+    # A refused row leaves its trace on its task, as the same command by signal or update does:
+    # who tried what, and why. A row naming no existing task is reported only.
+    tried = await rejections(h2, 5)
+    assert [(e["actor"], e["command"], e["code"]) for e in tried] == [
+        ("supervisor", "inspect", "malformed"),  # row 5: outcome 很好
+        ("supervisor", "inspect", "malformed"),  # row 6: not a sha256
+        ("nobody", "inspect", "unauthorised"),  # row 8
+        ("unit.member", "inspect", "unauthorised"),  # row 9
+        ("supervisor", "inspect", "malformed"),  # row 10: no inspection id
+    ]
+    assert '"B2"' in tried[0]["payload_excerpt"] and "很好" in tried[0]["payload_excerpt"]
+    assert "not on this plan's roster" in tried[2]["reason"]
+    assert "may not check its own work" in tried[3]["reason"]
+    assert "inspection_id" in tried[4]["reason"]
+    assert not of_type(await events(h1), "CommandRejected")  # task 1's rows were all accepted
+    assert all("recorded on the task" in first[r].reason for r in (5, 6, 8, 9, 10))
+    assert "recorded on the task" not in first[7].reason
+
     seqs_before = {t: (await h.query("state"))["last_seq"] for t, h in ((1, h1), (2, h2))}
     second = {v.row: v for v in await import_inspections(ts_env.client, sheet)}
     assert [second[r].verdict for r in (2, 3, 4)] == ["already recorded"] * 3
     assert all(second[r].verdict == "rejected" for r in range(5, 11))
+    await rejections(h2, 10)
     seqs_after = {t: (await h.query("state"))["last_seq"] for t, h in ((1, h1), (2, h2))}
-    assert seqs_after == seqs_before  # nothing recorded, not even a refusal
+    # nothing accepted twice; each refused row is a new attempt, and recorded as one
+    assert seqs_after == {1: seqs_before[1], 2: seqs_before[2] + 5}
     state = await h1.query("state")
     assert len(state["inspections"]) == 1 and len(state["findings"]) == 2
     assert state["nodes"][0]["status"] == "done"  # 基本达标 confirmed the claim

@@ -23,6 +23,9 @@ class Carried(BaseModel):
     recent: list[dict[str, Any]]
     recorded_seq: int
     pending: list[dict[str, Any]] = []
+    # Signals the previous run received but had not decided, oldest first: {"name", "payloads"}
+    # (each argument as sent, base64 of its protobuf), decided by the new run before later ones.
+    signals: list[dict[str, Any]] = []
 
 
 class KeyTaskInput(BaseModel):

@@ -7,6 +7,7 @@ them, and one activity records each batch (events, read model, 督办单 notices
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
@@ -60,23 +62,22 @@ RECHECK_DRAW_PATCH = "recheck-draw-from-record"
 CALENDAR_COMMAND_PATCH = "update-calendar-command"  # commands.LATER_COMMANDS become known
 # One record_batch input: at most this many events and this many bytes of event JSON (a single
 # larger event still goes, alone); its read model holds only the rows those events changed.
-BATCH_MAX_EVENTS = 200
-BATCH_MAX_BYTES = 128 * 1024
+BATCH_MAX_EVENTS = 500
+BATCH_MAX_BYTES = 256 * 1024
 # What a continued run may be handed: unrecorded events up to this many bytes (the rest are
 # recorded first), and the latest events for queries up to RECENT_MAX_BYTES.
-CARRY_MAX_BYTES = 256 * 1024
-RECENT_MAX_BYTES = 512 * 1024
+CARRY_MAX_BYTES = 128 * 1024  # each: undecided signals, unrecorded events
+RECENT_MAX_BYTES = 128 * 1024  # so a continued run's input stays under Temporal's 512 KB warning
 # The server refuses a run's 10,001st signal and stops a history at 51,200 events: continue as
 # new well before either, whatever the server's suggestion says, leaving room for the signals
 # that arrive while the run winds down.
 SIGNALS_PER_RUN = 4_000
+# Signals decided per pass of the loop (each pass ends its workflow task at the record
+# activity), so no workflow task runs long however many signals one delivers.
+INBOX_PER_PASS = 500
 HISTORY_EVENTS_PER_RUN = 10_000
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(minutes=5))
-
-
-def workflow_id(task_id: str) -> str:
-    return task_id
 
 
 def _json_size(e: dict[str, Any]) -> int:
@@ -99,7 +100,12 @@ class KeyTask:
         self._needs_tick = True  # a command arrived since the clock last looked at the state
         self._sa_last: dict[str, Any] | None = None
         self._signals_this_run = 0
-        self._bounded = False  # set by run(): BOUNDED_PATCH
+        # Decided here, before any handler runs: a new run's signals are queued, not decided
+        # in their handlers (a first task holding thousands of them must still finish in time).
+        self._bounded = workflow.patched(BOUNDED_PATCH)
+        self._inbox: list[tuple[str, Sequence[RawValue]]] = []  # signals not yet decided
+        self._received = 0  # signals queued this run (carried ones included) ...
+        self._decided = 0  # ... and decided: an update waits for those before it
         # Parallel to _unrecorded: each event's JSON, its size, and the state right after it
         # (a batch's read model describes the state at the batch's last event).
         self._unrecorded: list[ev.Event] = []
@@ -112,6 +118,10 @@ class KeyTask:
             self._recent: list[dict[str, Any]] = list(inp.carried.recent)
             self._recorded_seq = inp.carried.recorded_seq
             self._recorded_state = inp.carried.state
+            for sig in inp.carried.signals:
+                self._inbox.append((sig["name"], [RawValue(Payload.FromString(base64.b64decode(p)))
+                                                  for p in sig["payloads"]]))
+            self._received = len(self._inbox)
             for data in inp.carried.pending:  # already in `recent`: folded, not pushed again
                 e = ev.parse_event(data)
                 self._state = evolve(self._state, e)
@@ -127,7 +137,6 @@ class KeyTask:
 
     @workflow.run
     async def run(self, inp: KeyTaskInput) -> dict[str, Any]:
-        self._bounded = workflow.patched(BOUNDED_PATCH)
         if self._bounded:
             return await self._run_bounded(inp)
         return await self._run_unbounded(inp)
@@ -136,21 +145,22 @@ class KeyTask:
         """One bounded batch per pass; between batches the clock ticks and continue-as-new is
         considered, so a flood of commands neither stalls the ladder nor outgrows the run."""
         while True:
+            self._decide_signals(INBOX_PER_PASS)
             self._tick()
             await self._flush_batch()
-            if self._state.status == "closed" and not self._unrecorded:
+            if self._state.status == "closed" and not self._unrecorded and not self._inbox:
                 break
             if self._should_continue():
                 await self._continue_as_new(inp)
-            if self._unrecorded or self._needs_tick:
-                continue  # more to record, or commands came in while recording
+            if self._unrecorded or self._needs_tick or self._inbox:
+                continue  # more to decide or record, or commands came in while recording
             now = workflow.now()
             wake = next_wakeup(self._state, now)
             timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
                                               timeout_summary="next deadline or ladder rung")
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._settle()
         await self._record_rest(inp)
         await self._archive("closed")
         # Refusals of commands that arrived while the run archived itself.
@@ -161,25 +171,63 @@ class KeyTask:
     async def _record_rest(self, inp: KeyTaskInput) -> None:
         """Record what is unrecorded (a closed task still records refused commands), batch by
         batch; past the run's limits the rest goes to a new run."""
-        while self._unrecorded:
+        while self._unrecorded or self._inbox:
+            self._decide_signals(INBOX_PER_PASS)
             await self._flush_batch()
-            if self._unrecorded and self._should_continue():
+            if (self._unrecorded or self._inbox) and self._should_continue():
                 await self._continue_as_new(inp)
 
+    async def _settle(self) -> None:
+        """Let update handlers finish (each waits for the signals queued before it), deciding
+        queued signals a pass at a time, the clock ticking between passes."""
+        while not workflow.all_handlers_finished():
+            if self._inbox:
+                self._decide_signals(INBOX_PER_PASS)
+                self._tick()
+                await self._flush_batch()
+            else:
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() or bool(self._inbox))
+
+    def _inbox_size(self) -> int:
+        return sum(len(a.payload.data) + len(n) for n, args in self._inbox for a in args)
+
     async def _continue_as_new(self, inp: KeyTaskInput) -> None:
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._settle()
         self._tick()
+        # The next run's input stays small: what does not fit is decided and recorded here.
+        while self._inbox_size() > CARRY_MAX_BYTES:
+            self._decide_signals(INBOX_PER_PASS)
+            self._tick()
+            await self._flush_batch()
         while self._recorded_state is None or sum(self._pending_size) > CARRY_MAX_BYTES:
-            await self._flush_batch()  # the next run's input stays small
+            await self._flush_batch()
         await self._archive("continued_as_new")
-        # Commands answered during the archive are in _unrecorded: the next run records them.
+        if not workflow.all_handlers_finished():
+            # An update came during the archive: it is answered by this run, after the
+            # signals sent before it (one activity's worth).
+            self._decide_signals(None)
+            await workflow.wait_condition(workflow.all_handlers_finished)
         assert self._recorded_state is not None
+        # Undecided signals and unrecorded events go to the next run, which takes them first.
+        signals = [{"name": n, "payloads": [base64.b64encode(a.payload.SerializeToString()).decode()
+                                            for a in args]} for n, args in self._inbox]
         workflow.continue_as_new(KeyTaskInput(
             spec=self._state.spec,
             carried=Carried(state=self._recorded_state, recent=self._recent_tail(),
-                            recorded_seq=self._recorded_seq, pending=list(self._pending_json)),
+                            recorded_seq=self._recorded_seq, pending=list(self._pending_json),
+                            signals=signals),
             continue_after_events=inp.continue_after_events,
         ))
+
+    def _decide_signals(self, limit: int | None) -> None:
+        """Decide queued signals, oldest first, at most `limit` of them."""
+        take = len(self._inbox) if limit is None else min(limit, len(self._inbox))
+        if take:
+            chunk, self._inbox = self._inbox[:take], self._inbox[take:]
+            for name, args in chunk:
+                self._decided += 1
+                self._signal(name, args)
 
     def _recent_tail(self) -> list[dict[str, Any]]:
         kept: list[dict[str, Any]] = []
@@ -393,6 +441,16 @@ class KeyTask:
         # Raw values, so that no payload can be dropped by the SDK before we see it: a bad one
         # is recorded as a rejected command instead (a typed handler would drop it with a log line).
         self._signals_this_run += 1
+        if self._bounded:
+            # Queued, decided by the loop a bounded number per workflow task: one task may
+            # deliver thousands of signals, and deciding them all here could outlast it.
+            self._needs_tick = True
+            self._inbox.append((name, args))
+            self._received += 1
+            return
+        self._signal(name, args)
+
+    def _signal(self, name: str, args: Sequence[RawValue]) -> None:
         too_large = size_rejection(name, self._size(args))
         if too_large is not None and workflow.patched(SIZE_PATCH):
             # Refused unread: decoding it would cost the workflow task, and recording it would
@@ -412,7 +470,10 @@ class KeyTask:
         self._apply(name, payload)
 
     @workflow.update(dynamic=True)
-    def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
+    async def on_update(self, name: str, args: Sequence[RawValue]) -> dict[str, Any]:
+        mark = self._received
+        if self._decided < mark:  # signals sent before this update are decided first
+            await workflow.wait_condition(lambda: self._decided >= mark)
         payload = self._decode(args)
         result = self._apply(name, payload)
         if isinstance(result, Rejection):

@@ -25,6 +25,14 @@ _INDEXED_TYPE = {
 }
 
 
+def command_size(payload: object) -> int:
+    """Bytes `payload` takes as a command's argument: what the workflow measures before it reads
+    one, so a front door refuses an oversized command before anything is sent (an update's
+    rejection echoes its request, and above the server's payload limit that echo would fail
+    the workflow task instead of answering the caller)."""
+    return len(DATA_CONVERTER.payload_converter.to_payloads([payload])[0].data)
+
+
 async def connect(settings: Settings | None = None) -> Client:
     s = settings or get_settings()
     return await Client.connect(

@@ -35,7 +35,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError 
 from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
+from domain.calendar import calendar_from_days  # noqa: E402
 from domain.plan import NodeSpec, Plan, RecheckPolicy, TaskDef, TaskSpec, resolve_plan  # noqa: E402
+from infra.calendar_source import calendar_for_plan  # noqa: E402
 from infra.temporal.client import start_time_skipping  # noqa: E402
 from tests.scenario import ROSTER, UNITS, ladders  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
@@ -44,8 +46,10 @@ from workflows.search import DEFINITIONS, initial_search_attributes  # noqa: E40
 
 HERE = Path(__file__).resolve().parent
 # One folder per released workflow version; the current code must replay all of them.
-# v1: before the "drain-after-archive" patch; v2: with it.
-VERSION = "v2"
+# v1: before the "drain-after-archive" patch; v2: with it; v3: the calendar recorded in the
+# spec and `update_calendar`, the 回头看 draw derived from the record, 反馈时限 from the rung's
+# rule time, bounded record batches, size-checked commands.
+VERSION = "v3"
 OUT = HERE / VERSION
 QUEUE = "record-histories"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -71,7 +75,7 @@ def spec_for(now: dt.datetime, *, ladder: str = "deadline-lights",
         tasks=(TaskDef(code="T1", title="两委增补", lead_unit="office", responsible=("v01",),
                        ladder=ladder, start_level=start_level, major=major, nodes=nodes),),
     )
-    return resolve_plan(plan, ladders())[0]
+    return resolve_plan(plan, ladders(), calendar_for_plan(plan))[0]
 
 
 class Run:
@@ -179,13 +183,25 @@ async def lifecycle(r: Run) -> None:
     await r.update("claim", actor="unit.member", node="N1")
     await r.update("accept", actor="supervisor", node="N1")
     state = await r.settle()
-    if state["status"] == "completed":
-        await r.update("recheck", actor="supervisor", visited_at=await r.now(), passed=True)
+    assert state["status"] == "completed", state["status"]  # recheck 100 %: drawn again
+    await r.update("recheck", actor="supervisor", visited_at=await r.now(), passed=True)
 
 
 async def escalation(r: Run) -> None:
-    """deadline-lights: yellow, red, then every rung up to 问责; too-late extension; done late."""
+    """deadline-lights: yellow, red, then every rung up to 问责; too-late extension; done late;
+    a newer calendar reaches the running task by `update_calendar` (refused from a unit)."""
     await r.update("acknowledge", actor="unit.member")
+    cal = r.spec.calendar
+    assert cal is not None
+    later = dt.date(cal.last_year, 6, 1)  # one more day off, after every date of this task
+    newer = calendar_from_days(source=cal.source + " + notice", first_year=cal.first_year,
+                               last_year=cal.last_year, published=cal.published,
+                               days_off=(*cal.days_off, later),
+                               working_weekends=cal.working_weekends)
+    await r.update("update_calendar", refused=True, actor="unit.member",
+                   calendar=newer.model_dump(mode="json"))
+    await r.update("update_calendar", actor="office.staff", calendar=newer.model_dump(mode="json"),
+                   note="国务院办公厅放假安排通知")
     await r.sleep(r.due() - dt.datetime.fromisoformat(await r.now()) + 70 * DAY)
     await r.update("request_extension", refused=True, actor="unit.member", node="N1",
                    reason="来不及", proposed_due="2099-01-01")
