@@ -73,8 +73,11 @@ RECENT_MAX_BYTES = 128 * 1024  # so a continued run's input stays under Temporal
 # that arrive while the run winds down.
 SIGNALS_PER_RUN = 4_000
 # Signals decided per pass of the loop (each pass ends its workflow task at the record
-# activity), so no workflow task runs long however many signals one delivers.
-INBOX_PER_PASS = 500
+# activity), so no workflow task runs long however many signals one delivers. Small, because
+# the server fails a workflow task once 100 events are buffered behind it (FORCE_CLOSE_COMMAND),
+# and a failed task costs the worker a replay of the whole run: a task deciding 500 signals on a
+# busy 2-core host lasted over a second, during which a flood of 100 signals/s overran it.
+INBOX_PER_PASS = 100
 HISTORY_EVENTS_PER_RUN = 10_000
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(minutes=5))
@@ -147,10 +150,11 @@ class KeyTask:
         while True:
             self._decide_signals(INBOX_PER_PASS)
             self._tick()
+            mark = self._received
             await self._flush_batch()
             if self._state.status == "closed" and not self._unrecorded and not self._inbox:
                 break
-            if self._should_continue():
+            if self._must_continue() or self._should_continue() and self._quiet(mark):
                 await self._continue_as_new(inp)
             if self._unrecorded or self._needs_tick or self._inbox:
                 continue  # more to decide or record, or commands came in while recording
@@ -314,6 +318,21 @@ class KeyTask:
             await workflow.wait_condition(workflow.all_handlers_finished)
             self._tick()
             await self._flush()
+
+    def _quiet(self, mark: int) -> bool:
+        """No signal waits and none came while the last batch was recorded. The server fails a
+        workflow task that ends the run while events arrive (UNHANDLED_COMMAND), so a suggested
+        continue-as-new waits for a lull in a flood; `_must_continue` bounds the wait."""
+        return not self._inbox and self._received == mark
+
+    def _must_continue(self) -> bool:
+        """The run's own limits, which do not wait for a lull: the server refuses a run's
+        10,001st signal and a replay after an evicted or failed task grows with the run."""
+        limit = self._inp.continue_after_events
+        if limit is not None and self._events_this_run >= limit:
+            return True
+        return (self._signals_this_run >= SIGNALS_PER_RUN
+                or workflow.info().get_current_history_length() >= HISTORY_EVENTS_PER_RUN)
 
     def _should_continue(self) -> bool:
         limit = self._inp.continue_after_events
