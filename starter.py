@@ -370,7 +370,7 @@ def board(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """挂图作战: per plan, the lights (green/yellow/red) and the completion rate of each
-    township (the responsible unit's parent unit) and of each task."""
+    township (乡镇/街道, with its villages) and of each task."""
     plans = board_counts(_engine(), plan_code=plan)
     if as_json:
         _print_json({"plans": plans})
@@ -397,7 +397,9 @@ def board(
         out.rule(f"plan {p['plan_code']}", align="left")
         towns = new_table("per township (乡镇)", "township")
         for r in p["townships"]:
-            counts(towns, r["parent_unit"] or "(no parent unit)", r)
+            name = (f"{r['township_name']} ({r['township']})" if r["township"]
+                    else "区县级单位 (county level)")
+            counts(towns, name, r)
         out.print(towns)
         tasks = new_table("per task", "task")
         for r in p["by_task"]:

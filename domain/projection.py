@@ -35,6 +35,11 @@ class TaskRow(Row):
     task_code: str
     unit_code: str
     parent_unit: str | None
+    unit_name: str | None = None
+    # The township (乡镇/街道) the task counts under on the board: the responsible unit itself
+    # if it is one, else its parent if that is one; None for county-level units.
+    township: str | None = None
+    township_name: str | None = None
     title: str
     lead_unit: str
     ladder: str
@@ -90,9 +95,13 @@ def _task_row(state: TaskState) -> TaskRow:
          "on_time": n.on_time}
         for n in state.nodes
     ]
+    town = next((u for u in (spec.unit, spec.parent_unit)
+                 if u is not None and u.kind == "township"), None)
     return TaskRow(
         task_id=spec.task_id, plan_code=spec.plan_code, task_code=spec.task_code,
         unit_code=spec.unit.code, parent_unit=spec.parent_unit.code if spec.parent_unit else None,
+        unit_name=spec.unit.name, township=town.code if town else None,
+        township_name=town.name if town else None,
         title=spec.title, lead_unit=spec.lead_unit.code, ladder=spec.ladder, status=state.status,
         light=state.light, level=state.level, progress=state.progress,
         next_due_at=deadline_of(state), nodes=nodes,

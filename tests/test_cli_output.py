@@ -45,7 +45,9 @@ def cli(store: EventStore, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
 def row(plan: str, task: str, unit: str, parent: str | None, light: str, status: str = "assigned",
         title: str = "两委增补", next_due: dt.datetime | None = None) -> dict[str, Any]:
     return {"task_id": f"{plan}/{task}/{unit}", "plan_code": plan, "task_code": task,
-            "unit_code": unit, "parent_unit": parent, "title": title, "lead_unit": "office",
+            "unit_code": unit, "parent_unit": parent, "unit_name": f"{unit}村",
+            "township": parent, "township_name": f"{parent}镇" if parent else None,
+            "title": title, "lead_unit": "office",
             "ladder": "deadline-lights", "status": status, "light": light, "level": 0,
             "progress": 0, "next_due_at": next_due, "nodes": [], "open_findings": 0,
             "last_seq": 1}
@@ -65,6 +67,7 @@ TWO_PLANS = [
     # plan P2 reuses the code T1 for another task: it must not be merged with P1's T1
     row("P2", "T1", "v01", "town1", "red", title="人居环境整治"),
     row("P2", "T1", "v21", "town3", "red", title="人居环境整治"),
+    row("P2", "T1", "zzb", None, "green", title="人居环境整治"),  # a county-level unit
 ]
 
 
@@ -78,7 +81,7 @@ def test_board_shows_lights_per_township_and_task_for_each_plan(cli: Any,
     assert set(plans) == {"P1", "P2"}
     p1, p2 = plans["P1"], plans["P2"]
     assert (p1["tasks"], p1["done"], p1["completion"]) == (4, 2, 50.0)
-    town = {t["parent_unit"]: t for t in p1["townships"]}
+    town = {t["township"]: t for t in p1["townships"]}
     assert {k: (v["tasks"], v["green"], v["yellow"], v["red"], v["done"], v["completion"])
             for k, v in town.items()} == {"town1": (3, 2, 0, 1, 2, 66.7),
                                           "town2": (1, 0, 1, 0, 0, 0.0)}
@@ -86,8 +89,8 @@ def test_board_shows_lights_per_township_and_task_for_each_plan(cli: Any,
     assert (by_task["T1"]["title"], by_task["T1"]["tasks"], by_task["T1"]["red"]) == ("两委增补", 3, 1)
     assert (by_task["T2"]["done"], by_task["T2"]["completion"]) == (1, 100.0)
     (p2_t1,) = p2["by_task"]
-    assert (p2_t1["title"], p2_t1["tasks"], p2_t1["red"]) == ("人居环境整治", 2, 2)
-    assert {t["parent_unit"] for t in p2["townships"]} == {"town1", "town3"}
+    assert (p2_t1["title"], p2_t1["tasks"], p2_t1["red"]) == ("人居环境整治", 3, 2)
+    assert {t["township"] for t in p2["townships"]} == {"town1", "town3", None}
 
     text = cli("board")
     assert text.exit_code == 0, text.output
@@ -95,9 +98,10 @@ def test_board_shows_lights_per_township_and_task_for_each_plan(cli: Any,
     # one section per plan, each with its townships and its tasks
     assert out.index("plan P1") < out.index("plan P2")
     p1_text, p2_text = out[out.index("plan P1"):out.index("plan P2")], out[out.index("plan P2"):]
-    assert "town1" in p1_text and "town2" in p1_text and "town3" not in p1_text
-    assert "town3" in p2_text and "人居环境整治" in p2_text and "道路硬化" not in p2_text
-    assert "completion 2/4 = 50.0%" in p1_text and "completion 0/2 = 0.0%" in p2_text
+    assert "town1镇 (town1)" in p1_text and "town2镇 (town2)" in p1_text
+    assert "town3" not in p1_text and "区县级单位" not in p1_text
+    assert "town3镇 (town3)" in p2_text and "区县级单位" in p2_text and "人居环境整治" in p2_text and "道路硬化" not in p2_text
+    assert "completion 2/4 = 50.0%" in p1_text and "completion 0/3 = 0.0%" in p2_text
 
     only = cli("board", "--plan", "P2", "--json")
     assert [p["plan_code"] for p in json.loads(only.stdout)["plans"]] == ["P2"]

@@ -123,7 +123,9 @@ def stored(store: EventStore, task_id: str) -> list[dict[str, Any]]:
     return [s.event for s in store.load(task_id)]
 
 
-async def test_a_3_mb_update_is_refused_by_size_and_no_workflow_task_fails(rig: Rig) -> None:
+async def test_an_oversized_update_is_refused_by_its_validator_unread(rig: Rig) -> None:
+    """The validator's size check (the time-skipping server has no payload limit; what a real
+    server does above its 2 MB limit is in test_flood_e2e.py)."""
     handle, spec = await rig.start()
     big = {"actor": "unit.member", "percent": 10, "note": "长" * 1_000_000}  # ≈ 3 MB of UTF-8
     with pytest.raises(WorkflowUpdateFailedError) as info:

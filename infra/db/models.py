@@ -114,6 +114,7 @@ class TaskRow(Base):
         Index("ix_tasks_unit", "unit_code"),
         Index("ix_tasks_light", "light"),
         Index("ix_tasks_status", "status"),
+        Index("ix_tasks_plan_township", "plan_code", "township"),
     )
 
     task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -121,6 +122,9 @@ class TaskRow(Base):
     task_code: Mapped[str] = mapped_column(String(100))
     unit_code: Mapped[str] = mapped_column(String(100))
     parent_unit: Mapped[str | None] = mapped_column(String(100))
+    unit_name: Mapped[str | None] = mapped_column(Text)
+    township: Mapped[str | None] = mapped_column(String(100))
+    township_name: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)
     lead_unit: Mapped[str | None] = mapped_column(String(100))
     ladder: Mapped[str | None] = mapped_column(String(100))

@@ -57,12 +57,12 @@ def _grouped(conn: Connection, group: list[Any], plan_code: str | None) -> list[
 
 def board(engine: Engine, *, plan_code: str | None = None) -> list[dict[str, Any]]:
     """挂图作战, one entry per plan (in plan order): its totals and completion rate, and the
-    lights (green/yellow/red counts) and completion rate per township (the responsible
-    unit's parent unit; None for units without one) and per task (task code, within the
-    plan: plans may reuse a code)."""
+    lights (green/yellow/red counts) and completion rate per township (乡镇/街道: the
+    responsible unit if it is one, else its parent township; None for county-level units) and
+    per task (task code, within the plan: plans may reuse a code)."""
     with engine.connect() as conn:
         totals = _grouped(conn, [], plan_code)
-        towns = _grouped(conn, [tasks_t.c.parent_unit], plan_code)
+        towns = _grouped(conn, [tasks_t.c.township, tasks_t.c.township_name], plan_code)
         tasks = _grouped(conn, [tasks_t.c.task_code], plan_code)
         named = select(tasks_t.c.plan_code, tasks_t.c.task_code,
                        func.max(tasks_t.c.title).label("title"))
@@ -76,7 +76,7 @@ def board(engine: Engine, *, plan_code: str | None = None) -> list[dict[str, Any
         out.append({
             **t,
             "townships": sorted((r for r in towns if r["plan_code"] == plan),
-                                key=lambda r: (r["parent_unit"] is None, r["parent_unit"] or "")),
+                                key=lambda r: (r["township"] is None, r["township"] or "")),
             "by_task": sorted(({**r, "title": titles[(plan, r["task_code"])]}
                                for r in tasks if r["plan_code"] == plan),
                               key=lambda r: r["task_code"]),
