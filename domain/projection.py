@@ -150,6 +150,18 @@ def touched_rows(event: Event) -> tuple[frozenset[str], frozenset[str]]:
             return frozenset(), frozenset()
 
 
+def project_batch(state: TaskState, batch: Iterable[Event]) -> ReadModel:
+    """The read model a batch of events needs recorded with it: the task row and the rows its
+    events changed, at `state` (the state right after the batch's last event)."""
+    inspections: set[str] = set()
+    findings: set[str] = set()
+    for event in batch:
+        i, f = touched_rows(event)
+        inspections |= i
+        findings |= f
+    return project_changed(state, inspections, findings)
+
+
 def project_changed(state: TaskState, inspection_ids: Iterable[str],
                     finding_ids: Iterable[str]) -> ReadModel:
     """The task row and the named inspection and finding rows only (`partial`)."""

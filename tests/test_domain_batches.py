@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from domain import commands as c
 from domain.evolve import evolve
-from domain.projection import ReadModel, project, project_changed, touched_rows
+from domain.projection import ReadModel, project, project_batch, project_changed, touched_rows
 from tests.domain_strategies import Scenario, Sim, scenarios
 
 EXAMPLES = int(os.environ.get("DUBAN_PROPERTY_EXAMPLES", "150"))
@@ -176,13 +176,7 @@ def test_a_partial_read_model_does_not_grow_with_the_task() -> None:
            t0 + dt.timedelta(hours=1))
     whole = len(project(sim.state).model_dump_json())
     events = sim.ok(c.ReportProgress(actor="unit.member", percent=10))
-    ins: set[str] = set()
-    fnd: set[str] = set()
-    for e in events:
-        i, f = touched_rows(e)
-        ins |= i
-        fnd |= f
-    part = project_changed(sim.state, ins, fnd)
+    part = project_batch(sim.state, events)
     assert whole > 50_000  # what every batch carried before
     assert len(part.model_dump_json()) < 4_000 and not part.findings
 

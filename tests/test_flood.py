@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -27,6 +26,7 @@ from domain.events import parse_event
 from domain.evolve import fold
 from domain.projection import RecordBatch, project
 from infra.db.store import EventStore, open_store
+from tests.histories_util import failed_tasks, runs_of
 from tests.scenario import make_spec
 from worker import workflow_runner
 from workflows.inputs import KeyTaskInput
@@ -95,28 +95,9 @@ async def rig(ts_env: WorkflowEnvironment, tmp_path: Any) -> AsyncIterator[Rig]:
                         await h.terminate("test over")
 
 
-async def runs_of(client: Client, workflow_id: str) -> list[list[Any]]:
-    """Every run's history, newest first (following continued_execution_run_id back)."""
-    out = []
-    run_id: str | None = None
-    while True:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        out.append(list(history.events))
-        first = history.events[0].workflow_execution_started_event_attributes
-        if not first.continued_execution_run_id:
-            return out
-        run_id = first.continued_execution_run_id
-
-
 def started_input(events: list[Any]) -> Any:
     payload = events[0].workflow_execution_started_event_attributes.input.payloads[0]
     return json.loads(payload.data)
-
-
-def failed_tasks(runs: list[list[Any]]) -> list[str]:
-    return [str(e.workflow_task_failed_event_attributes.failure.message)[:200]
-            for events in runs for e in events
-            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
 
 
 def stored(store: EventStore, task_id: str) -> list[dict[str, Any]]:

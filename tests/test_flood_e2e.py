@@ -40,6 +40,7 @@ from domain.commands import MAX_COMMAND_BYTES
 from domain.events import parse_event
 from infra.db.store import EventStore, open_store
 from infra.temporal.devserver import start_dev_server
+from tests.histories_util import failed_tasks, runs_of
 from tests.scenario import make_spec
 from workflows.inputs import KeyTaskInput
 from workflows.search import DEFINITIONS, initial_search_attributes
@@ -86,18 +87,6 @@ async def flood(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flood
         server.stop()
 
 
-async def runs_of(client: Client, workflow_id: str) -> list[list[Any]]:
-    out = []
-    run_id: str | None = None
-    while True:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        out.append(list(history.events))
-        first = history.events[0].workflow_execution_started_event_attributes
-        if not first.continued_execution_run_id:
-            return out
-        run_id = first.continued_execution_run_id
-
-
 def timed_out_tasks(runs: list[list[Any]]) -> int:
     return sum(1 for events in runs for e in events
                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)
@@ -108,13 +97,6 @@ async def settled(client: Client, workflow_id: str) -> bool:
     pending (so it is not about to continue as new)."""
     raw = (await client.get_workflow_handle(workflow_id).describe()).raw_description
     return not raw.pending_activities and not raw.HasField("pending_workflow_task")
-
-
-def failed_tasks(runs: list[list[Any]]) -> list[str]:
-    return [f"{e.workflow_task_failed_event_attributes.cause}: "
-            f"{e.workflow_task_failed_event_attributes.failure.message[:160]}"
-            for events in runs for e in events
-            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
 
 
 async def start(flood: Flood, **kw: Any) -> tuple[Any, Any]:

@@ -31,13 +31,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.decide import assign, decide, reject, tick
     from domain.evolve import evolve
-    from domain.projection import (
-        RecordBatch,
-        notice_context,
-        project,
-        project_changed,
-        touched_rows,
-    )
+    from domain.projection import RecordBatch, notice_context, project, project_batch
     from domain.rules import next_wakeup
     from domain.state import TaskState
     from workflows import search as sa
@@ -254,17 +248,11 @@ class KeyTask:
             batch, jsons, state = self._unrecorded[:n], self._pending_json[:n], self._after[n - 1]
             del self._unrecorded[:n], self._pending_json[:n], self._pending_size[:n], \
                 self._after[:n]
-            inspections: set[str] = set()
-            findings: set[str] = set()
-            for e in batch:
-                i, f = touched_rows(e)
-                inspections |= i
-                findings |= f
             notices = [notice_context(state, e) for e in batch if isinstance(e, ev.EscalationFired)]
             await workflow.execute_activity(
                 RECORD_ACTIVITY,
                 RecordBatch(task_id=state.task_id, events=jsons,
-                            read_model=project_changed(state, inspections, findings),
+                            read_model=project_batch(state, batch),
                             notices=notices),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RECORD_RETRY,
