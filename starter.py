@@ -284,13 +284,16 @@ def task_list(
         _print_json(rows)
         return
     table = Table(title=f"{len(rows)} task(s)")
-    for col in ("task id", "title", "light", "status", "level", "progress"):
-        table.add_column(col)
+    # The id, then the title under it, folded in a narrow terminal rather than cut: ids are
+    # copied from here. The other columns are short and never wrap.
+    table.add_column("task id / title", overflow="fold", min_width=12)
+    for col in ("light", "status", "lvl", "done"):
+        table.add_column(col, no_wrap=True)
     table.add_column("next due", no_wrap=True, min_width=len("2026-09-19 00:00 +08:00"))
     for r in rows:
-        table.add_row(r["task_id"], r["title"], f"[{LIGHT_STYLE[r['light']]}]{r['light']}[/]",
-                      r["status"], str(r["level"]), f"{r['progress']}%",
-                      _local(r["next_due_at"], tz))
+        table.add_row(f"{r['task_id']}\n[dim]{r['title']}[/]",
+                      f"[{LIGHT_STYLE[r['light']]}]{r['light']}[/]", r["status"], str(r["level"]),
+                      f"{r['progress']}%", _local(r["next_due_at"], tz))
     out.print(table)
 
 

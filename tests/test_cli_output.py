@@ -122,6 +122,14 @@ def test_task_list_shows_next_due_in_local_time_with_its_zone(cli: Any, store: E
     doc = json.loads(cli("task", "list", "--json").stdout)
     assert doc[0]["next_due_at"] == "2026-09-18T16:00:00+00:00"
     assert dt.datetime.fromisoformat(doc[0]["next_due_at"]) == due
+    # at 80 columns a long id folds onto more lines, never cut to "demo-…"
+    long_id = "demo-djyl-2026/lwzb/t02-v01-long-village-name"
+    put(store, [{**row("P1", "T1", "x", "town1", "red"), "task_id": long_id}])
+    narrow = cli("task", "list", "--light", "red").stdout
+    assert "…" not in narrow
+    id_column = "".join(line.split("│")[1].strip() for line in narrow.splitlines()
+                        if line.startswith("│"))
+    assert long_id in id_column, narrow
 
 
 def test_task_list_refuses_an_unknown_light_or_status(cli: Any, store: EventStore) -> None:
