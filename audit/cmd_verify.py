@@ -142,15 +142,14 @@ async def _verify_in_slices(task_ids: list[str], show: bool, **kw: Any) -> list[
     a whole store takes a while, and must show it is alive (stdout stays the verdict)."""
     from audit.replay import verify_tasks
 
-    if not show:
-        return await verify_tasks(task_ids, **kw)
-    done: list[Any] = []
-    for i in range(0, len(task_ids), PROGRESS_EVERY):
-        done += await verify_tasks(task_ids[i:i + PROGRESS_EVERY], **kw)
+    def progress(done: list[Any]) -> None:
+        if len(done) % PROGRESS_EVERY and len(done) != len(task_ids):
+            return
         bad = sum(1 for v in done if not v.ok)
         _err().print(f"verify: {len(done)}/{len(task_ids)} task(s) checked"
                      f"{f', {bad} failing' if bad else ''}", highlight=False)
-    return done
+
+    return await verify_tasks(task_ids, on_verdict=progress if show else None, **kw)
 
 
 async def _temporal_task_ids(client: Any) -> set[str]:

@@ -9,7 +9,7 @@ functions the workflow used to write the live read model, so a rebuild equals it
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,23 +138,26 @@ def rebuild_task(store: Any, task_id: str, *, check: bool = False) -> RebuildRes
     return result
 
 
-def check_read_model(store: Any, task_id: str, *, attempts: int = 3) -> list[str]:
+def check_read_model(store: Any, task_id: str, stored: Sequence[Any] | None = None, *,
+                     attempts: int = 3) -> list[str]:
     """Differences between a task's stored read models and the fold of its stored events (what
     `rebuild_task(check=True)` finds), for `audit verify`. Empty when they agree, or when the
     chain is broken (the chain check reports that; a broken chain is never folded).
 
-    The worker writes events and read model in one transaction, but they are read here in two
-    statements: a running task may record a batch in between, so the read is repeated while
-    the read model's `last_seq` is not the head of the events read."""
+    `stored`: the task's events as the caller already loaded them, with their chain verified
+    (not read or hashed again). The worker writes events and read model in one transaction, but
+    they are read here in two statements: a running task may record a batch in between, so the
+    events are read again while the read model's `last_seq` is not the head of those read."""
     diffs: list[str] = []
     for _ in range(attempts):
         current = store.read_model_rows(task_id)
-        stored = store.load(task_id)
+        if stored is None:
+            stored = store.load(task_id)
+            chain = verify_chain(task_id, [(s.seq, s.event, s.prev_hash, s.hash) for s in stored])
+            if not chain.ok:
+                return []
         if not stored:
             return []  # no events: `audit verify` reports the task as a whole
-        verdict = verify_chain(task_id, [(s.seq, s.event, s.prev_hash, s.hash) for s in stored])
-        if not verdict.ok:
-            return []
         try:
             rm = read_model_for(ev.parse_event(s.event) for s in stored)
         except ValueError as exc:
@@ -163,6 +166,7 @@ def check_read_model(store: Any, task_id: str, *, attempts: int = 3) -> list[str
         task = current["task"]
         if not diffs or task is None or task.get("last_seq") == stored[-1].seq:
             return diffs
+        stored = None  # the task recorded more since: read its events again
     return diffs
 
 

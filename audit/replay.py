@@ -33,7 +33,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -811,8 +811,8 @@ def _store_checks(verdict: TaskVerdict, store: Any, stored_rows: Sequence[Any],
         if verdict.sources:
             causes.append(Divergence(1, "no-events", "no events in the store, but the task "
                                      f"exists in {', '.join(verdict.sources)}"))
-    else:
-        diffs = check_read_model(store, task_id)
+    elif verdict.chain is not None and verdict.chain.ok:  # a broken chain is never folded
+        diffs = check_read_model(store, task_id, stored_rows)
         if diffs:
             shown = "; ".join(diffs[:8]) + (f"; … {len(diffs) - 8} more" if len(diffs) > 8 else "")
             causes.append(Divergence(None, "read-model", "the read model is not the fold of the "
@@ -866,9 +866,11 @@ async def verify_tasks(
     replay: bool = True,
     sandboxed: bool = True,
     sources: Mapping[str, Sequence[str]] | None = None,
+    on_verdict: Callable[[list[TaskVerdict]], None] | None = None,
 ) -> list[TaskVerdict]:
     """`verify_task` for many tasks, sharing one Replayer. `sources`: `chain_check.task_sources`
-    of the whole store, when the caller has it (else each task's is looked up)."""
+    of the whole store, when the caller has it (else each task's is looked up). `on_verdict` is
+    called with the verdicts so far after each task (e.g. to show progress)."""
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                      thread_name_prefix="duban-replay")
     try:
@@ -881,6 +883,8 @@ async def verify_tasks(
             out.append(await verify_task(task_id, store=store, client=client, source=source,
                                          expected_head=cp, chain=chain, replayer=replayer,
                                          replay=replay, known_in=known))
+            if on_verdict is not None:
+                on_verdict(out)
         return out
     finally:
         executor.shutdown(wait=False)

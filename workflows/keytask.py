@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,16 @@ RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
                            maximum_interval=timedelta(minutes=5))
 
 
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """An event decided but not yet recorded, with what recording it needs."""
+
+    event: ev.Event
+    data: dict[str, Any]  # its JSON, as recorded
+    size: int  # bytes of that JSON
+    state: TaskState  # the state right after it
+
+
 def _json_size(e: dict[str, Any]) -> int:
     return len(json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
@@ -103,12 +114,10 @@ class KeyTask:
         self._inbox: list[tuple[str, Sequence[RawValue]]] = []  # signals not yet decided
         self._received = 0  # signals queued this run (carried ones included) ...
         self._decided = 0  # ... and decided: an update waits for those before it
-        # Parallel to _unrecorded: each event's JSON, its size, and the state right after it
         # (a batch's read model describes the state at the batch's last event).
-        self._unrecorded: list[ev.Event] = []
-        self._pending_json: list[dict[str, Any]] = []
-        self._pending_size: list[int] = []
-        self._after: list[TaskState] = []
+        # Decided, not yet recorded: each event with its JSON, its size, and the state right after
+        # it (a batch's read model describes the state at the batch's last event).
+        self._unrecorded: list[_Unrecorded] = []
         self._recorded_state: TaskState | None = None  # the state at _recorded_seq
         if inp.carried is not None:
             self._state: TaskState = inp.carried.state
@@ -152,12 +161,7 @@ class KeyTask:
                 await self._continue_as_new(inp)
             if self._unrecorded or self._needs_tick or self._inbox:
                 continue  # more to decide or record, or commands came in while recording
-            now = workflow.now()
-            wake = next_wakeup(self._state, now)
-            timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
-                                              timeout_summary="next deadline or ladder rung")
+            await self._sleep_until_due()
         await self._settle()
         await self._record_rest(inp)
         await self._archive("closed")
@@ -165,6 +169,16 @@ class KeyTask:
         await self._record_rest(inp)
         return {"task_id": self._state.task_id, "status": self._state.status,
                 "last_seq": self._state.last_seq}
+
+    async def _sleep_until_due(self) -> None:
+        """One durable timer to the next instant time alone changes something; a command
+        (`_needs_tick`) wakes the loop earlier."""
+        now = workflow.now()
+        wake = next_wakeup(self._state, now)
+        timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
+                                          timeout_summary="next deadline or ladder rung")
 
     async def _record_rest(self, inp: KeyTaskInput) -> None:
         """Record what is unrecorded (a closed task still records refused commands), batch by
@@ -198,7 +212,8 @@ class KeyTask:
             self._decide_signals(INBOX_PER_PASS)
             self._tick()
             await self._flush_batch()
-        while self._recorded_state is None or sum(self._pending_size) > CARRY_MAX_BYTES:
+        while (self._recorded_state is None
+               or sum(u.size for u in self._unrecorded) > CARRY_MAX_BYTES):
             await self._flush_batch()
         await self._archive("continued_as_new")
         if not workflow.all_handlers_finished():
@@ -213,8 +228,8 @@ class KeyTask:
         workflow.continue_as_new(KeyTaskInput(
             spec=self._state.spec,
             carried=Carried(state=self._recorded_state, recent=self._recent_tail(),
-                            recorded_seq=self._recorded_seq, pending=list(self._pending_json),
-                            signals=signals),
+                            recorded_seq=self._recorded_seq,
+                            pending=[u.data for u in self._unrecorded], signals=signals),
             continue_after_events=inp.continue_after_events,
         ))
 
@@ -241,13 +256,12 @@ class KeyTask:
         """Record the oldest unrecorded events, at most BATCH_MAX_EVENTS / BATCH_MAX_BYTES."""
         if self._unrecorded:
             n, size = 0, 0
-            for b in self._pending_size:
-                if n and (n >= BATCH_MAX_EVENTS or size + b > BATCH_MAX_BYTES):
+            for u in self._unrecorded:
+                if n and (n >= BATCH_MAX_EVENTS or size + u.size > BATCH_MAX_BYTES):
                     break
-                n, size = n + 1, size + b
-            batch, jsons, state = self._unrecorded[:n], self._pending_json[:n], self._after[n - 1]
-            del self._unrecorded[:n], self._pending_json[:n], self._pending_size[:n], \
-                self._after[:n]
+                n, size = n + 1, size + u.size
+            taken, self._unrecorded = self._unrecorded[:n], self._unrecorded[n:]
+            batch, jsons, state = [u.event for u in taken], [u.data for u in taken], taken[-1].state
             notices = [notice_context(state, e) for e in batch if isinstance(e, ev.EscalationFired)]
             await workflow.execute_activity(
                 RECORD_ACTIVITY,
@@ -284,12 +298,7 @@ class KeyTask:
                 ))
             if self._needs_tick:
                 continue  # commands came in while recording: let the clock see them first
-            now = workflow.now()
-            wake = next_wakeup(self._state, now)
-            timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
-                                              timeout_summary="next deadline or ladder rung")
+            await self._sleep_until_due()
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
         await self._archive("closed")
@@ -337,10 +346,7 @@ class KeyTask:
                 or info.get_current_history_length() >= HISTORY_EVENTS_PER_RUN)
 
     def _queue(self, e: ev.Event, data: dict[str, Any]) -> None:
-        self._unrecorded.append(e)
-        self._pending_json.append(data)
-        self._pending_size.append(_json_size(data))
-        self._after.append(self._state)
+        self._unrecorded.append(_Unrecorded(e, data, _json_size(data), self._state))
 
     def _push(self, e: ev.Event) -> None:
         data = ev.event_json(e)
@@ -365,8 +371,7 @@ class KeyTask:
 
     async def _flush(self) -> None:
         while self._unrecorded:
-            batch, self._unrecorded = self._unrecorded, []
-            self._pending_json, self._pending_size, self._after = [], [], []
+            batch, self._unrecorded = [u.event for u in self._unrecorded], []
             notices = [notice_context(self._state, e) for e in batch
                        if isinstance(e, ev.EscalationFired)]
             await workflow.execute_activity(
