@@ -24,6 +24,7 @@ from workflows.keytask import KeyTask
 # the domain (and the libraries its models are made of), and the workflow's own input and
 # search-attribute modules, so the pydantic converter sees one class, not a per-sandbox copy.
 PASSTHROUGH = ("domain", "pydantic", "pydantic_core", "annotated_types", "rfc8785", "zoneinfo",
+               "cryptography",
                "workflows.inputs", "workflows.search")
 
 

@@ -211,7 +211,7 @@ class Rejection(BaseModel):
     model_config = ConfigDict(frozen=True)
     code: Literal[
         "malformed", "unknown_command", "unauthorised", "not_allowed", "too_late", "unknown_node",
-        "unknown_finding", "closed", "duplicate", "too_large",
+        "unknown_finding", "closed", "duplicate", "too_large", "unauthenticated",
     ]
     reason: str
 

@@ -50,6 +50,24 @@ class Finding(BaseModel):
     evidence: tuple[Evidence, ...] = ()
 
 
+class ActorProof(Record):
+    """How the actor of a command was proven (身份核验), recorded with the events it caused.
+
+    - "signed": a trusted sender (e.g. the web app, for its signed-in user) signed an assertion
+      of who sends what; `sender` names its key, `key` is the key's fingerprint and `assertion`
+      the signature's digest (so an auditor can match it against the sender's log).
+    - "self_asserted": no signature, and the deployment allows that (the dev demo): the actor
+      is only what the payload claims."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["signed", "self_asserted"]
+    # Left out of the record while absent (a self-asserted proof is just its method).
+    sender: str | None = added()
+    key: str | None = added()
+    assertion: str | None = added()
+    signed_at: dt.datetime | None = added()
+
+
 class Event(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task_id: str
@@ -57,6 +75,8 @@ class Event(Record):
     at: dt.datetime
     actor: str
     v: int = 1  # the schema version of this event's type it was written with
+    # How the actor was proven, on events caused by a command (added with signed commands).
+    proof: ActorProof | None = added()
 
 
 class TaskAssigned(Event):

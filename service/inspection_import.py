@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.commands import Rejection, parse_command, size_rejection
+from infra.signing import Signer
 from infra.temporal.client import command_size
 
 # header (Chinese as printed on the sheet, or English) -> field
@@ -156,14 +157,28 @@ def group_rows(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Group], lis
     return sorted([*groups.values(), *blank_rows], key=lambda g: g.rows[0]), refused
 
 
-async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
+def _signed(signer: Signer | None, g: Group) -> dict[str, Any]:
+    return g.payload if signer is None else signer.sign(g.task_id, "inspect", g.payload)
+
+
+async def import_inspections(client: Any, path: Path, *, signer: Signer | None = None,
+                             as_actor: str | None = None) -> list[RowVerdict]:
     """Validate every row, send each inspection as a validated update, report per row; a
-    refused row is recorded on its task when the task exists (see the module docstring)."""
+    refused row is recorded on its task when the task exists (see the module docstring).
+
+    `signer`: each inspection is signed for its inspector (a front door holding a key).
+    `as_actor`: the uploader (the web app's signed-in supervisor): a row naming another
+    inspector is refused here and sent nowhere, since nobody may report for someone else."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
     groups, verdicts = group_rows(read_rows(path))
     for g in groups:
+        if as_actor is not None and g.payload.get("actor") != as_actor:
+            verdicts.extend(RowVerdict(n, g.task_id, g.inspection_id, "rejected", (
+                f"the row names inspector {g.payload.get('actor')!r}; signed in as {as_actor!r}, "
+                "you may upload only your own inspections")) for n in g.rows)
+            continue
         def mark(verdict: str, reason: str = "", g: Group = g) -> None:
             verdicts.extend(RowVerdict(n, g.task_id, g.inspection_id, verdict, reason)
                             for n in g.rows)
@@ -179,7 +194,7 @@ async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
                 mark("rejected", g.error)
                 continue
             try:
-                await handle.signal("inspect", g.payload)
+                await handle.signal("inspect", _signed(signer, g))
             except RPCError as exc:
                 mark("rejected", f"{g.error} (not recorded on the task: {exc.message})")
                 continue
@@ -189,7 +204,7 @@ async def import_inspections(client: Any, path: Path) -> list[RowVerdict]:
             mark("already recorded", "this inspection is on the task already; nothing sent")
             continue
         try:
-            await handle.execute_update("inspect", g.payload)
+            await handle.execute_update("inspect", _signed(signer, g))
         except WorkflowUpdateFailedError as exc:
             # Refused on the task's state, the handler records the attempt before refusing; a
             # refusal by the update's validator (e.g. too large) leaves no record.

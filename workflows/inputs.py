@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from domain.identity import AuthPolicy
 from domain.plan import TaskSpec
 from domain.state import TaskState
 
@@ -34,3 +35,7 @@ class KeyTaskInput(BaseModel):
     carried: Carried | None = None
     # Tests lower this to exercise continue-as-new; production follows the engine's suggestion.
     continue_after_events: int | None = None
+    # Who may be believed about a command's actor (trusted senders' keys, whether unsigned
+    # commands are refused): recorded here so a replay needs no key file. None: unsigned
+    # commands are taken as self-asserted (tasks started before signed commands existed).
+    auth: AuthPolicy | None = None

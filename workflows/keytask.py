@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.decide import assign, decide, reject, tick
     from domain.evolve import evolve
+    from domain.identity import prove, split_assertion
     from domain.projection import RecordBatch, notice_context, project, project_batch
     from domain.rules import next_wakeup
     from domain.state import TaskState
@@ -55,6 +56,9 @@ REPLY_BY_PATCH = "reply-by-rule-time"  # 反馈时限 from the rung's rule time,
 # with its basis, instead of workflow.random() taken on every tick.
 RECHECK_DRAW_PATCH = "recheck-draw-from-record"
 CALENDAR_COMMAND_PATCH = "update-calendar-command"  # commands.LATER_COMMANDS become known
+# A command may carry a signed assertion of its actor (domain.identity): verified before deciding
+# by the policy in the task's input, and how the actor was proven recorded on its events.
+SIGNED_PATCH = "signed-commands"
 # One record_batch input: at most this many events and this many bytes of event JSON (a single
 # larger event still goes, alone); its read model holds only the rows those events changed.
 BATCH_MAX_EVENTS = 500
@@ -119,11 +123,16 @@ class KeyTask:
         # it (a batch's read model describes the state at the batch's last event).
         self._unrecorded: list[_Unrecorded] = []
         self._recorded_state: TaskState | None = None  # the state at _recorded_seq
+        # Signed assertions already used (their digests), so a signed command counts once.
+        self._used_assertions: set[str] = set()
         if inp.carried is not None:
             self._state: TaskState = inp.carried.state
             self._recent: list[dict[str, Any]] = list(inp.carried.recent)
             self._recorded_seq = inp.carried.recorded_seq
             self._recorded_state = inp.carried.state
+            self._used_assertions = {
+                str(d["proof"]["assertion"]) for d in self._recent
+                if isinstance(d.get("proof"), dict) and d["proof"].get("assertion")}
             for sig in inp.carried.signals:
                 self._inbox.append((sig["name"], [RawValue(Payload.FromString(base64.b64decode(p)))
                                                   for p in sig["payloads"]]))
@@ -231,6 +240,7 @@ class KeyTask:
                             recorded_seq=self._recorded_seq,
                             pending=[u.data for u in self._unrecorded], signals=signals),
             continue_after_events=inp.continue_after_events,
+            auth=inp.auth,
         ))
 
     def _decide_signals(self, limit: int | None) -> None:
@@ -295,6 +305,7 @@ class KeyTask:
                     carried=Carried(state=self._state, recent=self._recent[-RECENT_EVENTS_KEPT:],
                                     recorded_seq=self._recorded_seq),
                     continue_after_events=inp.continue_after_events,
+                    auth=inp.auth,
                 ))
             if self._needs_tick:
                 continue  # commands came in while recording: let the clock see them first
@@ -352,6 +363,8 @@ class KeyTask:
         data = ev.event_json(e)
         self._queue(e, data)
         self._recent.append(data)
+        if e.proof is not None and e.proof.assertion is not None:
+            self._used_assertions.add(e.proof.assertion)
         if len(self._recent) > 2 * RECENT_EVENTS_KEPT:
             self._recent = self._recent[-RECENT_EVENTS_KEPT:]
         self._events_this_run += 1
@@ -419,16 +432,37 @@ class KeyTask:
         """Decide one command; a refusal is itself recorded, and changes nothing else."""
         self._needs_tick = True
         now = workflow.now()
+        signed = workflow.patched(SIGNED_PATCH)
+        raw_assertion = None
+        if signed:
+            payload, raw_assertion = split_assertion(payload)
         cmd = parse_command(name, payload, lax=not workflow.patched(STRICT_PATCH),
                             known=None if workflow.patched(CALENDAR_COMMAND_PATCH)
                             else FIRST_COMMANDS)
-        result: list[ev.Event] | Rejection = (
-            cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, now)
-        )
+        proof: ev.ActorProof | None = None
+        result: list[ev.Event] | Rejection
+        if isinstance(cmd, Rejection):
+            result = cmd
+        else:
+            proven = (prove(self._inp.auth, workflow_id=self._state.task_id, command=name,
+                            payload=payload, raw_assertion=raw_assertion, actor=cmd.actor,
+                            now=now, seen=self._used_assertions)
+                      if signed and isinstance(payload, dict) else None)
+            if isinstance(proven, Rejection):
+                result = proven
+            else:
+                proof = proven
+                result = decide(self._state, cmd, now)
         if isinstance(result, Rejection):
             actor = cmd.actor if isinstance(cmd, Command) else actor_of(payload)
-            self._emit([reject(self._state, name, actor, result, _excerpt(payload), now)])
+            refusal = reject(self._state, name, actor, result, _excerpt(payload), now)
+            self._emit([refusal.model_copy(update={"proof": proof})])
             return result
+        if proof is not None and isinstance(cmd, Command):
+            # The events the actor caused carry the proof; the system's consequences do not.
+            actor = cmd.actor
+            result = [e.model_copy(update={"proof": proof}) if e.actor == actor else e
+                      for e in result]
         self._emit(result)
         return result
 
@@ -513,7 +547,8 @@ class KeyTask:
         except Exception as exc:  # noqa: BLE001
             raise ApplicationError(f"undecodable payload: {exc}", type="Rejected.malformed",
                                    non_retryable=True) from None
-        cmd = parse_command(name, payload)
+        # The signed assertion is checked by the handler, which records a bad one.
+        cmd = parse_command(name, split_assertion(payload)[0])
         if isinstance(cmd, Rejection):
             raise ApplicationError(cmd.reason, type=f"Rejected.{cmd.code}", non_retryable=True)
 
@@ -539,7 +574,7 @@ class KeyTask:
         now = workflow.now()
         if at is not None:
             now = max(now, datetime.fromisoformat(at))
-        cmd = parse_command(name, payload)
+        cmd = parse_command(name, split_assertion(payload)[0])
         result = cmd if isinstance(cmd, Rejection) else decide(self._state, cmd, now)
         if isinstance(result, Rejection):
             return {"ok": False, "code": result.code, "reason": result.reason}
