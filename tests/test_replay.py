@@ -42,11 +42,36 @@ async def replayed() -> dict[str, RunReplay]:
     return {key(p): run for p, run in zip(HISTORIES, runs, strict=True)}
 
 
+# Scenarios recorded from a version on (what the workflow could not do before it).
+SINCE = {"signed": "v4"}
+CONTINUED = ("continued", "signed")  # continued as new: one file per run
+
+
 def test_there_are_recorded_histories() -> None:
     for version in sorted({p.parent.name for p in HISTORIES}):
         names = {p.stem for p in HISTORIES if p.parent.name == version}
-        assert {f"keytask-{s}" for s in SCENARIOS if s != "continued"} <= names, version
-        assert any(n.startswith("keytask-continued-run") for n in names), version
+        wanted = {s for s in SCENARIOS if int(SINCE.get(s, "v1")[1:]) <= int(version[1:])}
+        assert {f"keytask-{s}" for s in wanted if s not in CONTINUED} <= names, version
+        for s in wanted & set(CONTINUED):
+            assert any(n.startswith(f"keytask-{s}-run") for n in names), (version, s)
+
+
+def test_the_signed_history_proves_its_actors_on_replay(
+        replayed: dict[str, RunReplay]) -> None:
+    """Replayed with the current code, the signed scenario gives what it recorded: every
+    accepted command proven by the web key, five refusals for want of a good proof."""
+    runs = [run for name, run in sorted(replayed.items())
+            if name.startswith(f"v{max(int(p.parent.name[1:]) for p in HISTORIES)}/keytask-signed")]
+    assert len(runs) >= 2, "the signed scenario continues as new"
+    events = [e for run in runs for b in run.batches for e in b.events]
+    refused = [e for e in events if e["type"] == "CommandRejected"]
+    assert [e["code"] for e in refused] == ["unauthenticated"] * 5
+    by_people = [e for e in events if e["actor"] in ("unit.member", "supervisor")
+                 and e["type"] != "CommandRejected"]
+    assert {e["type"] for e in by_people} >= {"Acknowledged", "ProgressReported", "NodeClaimed",
+                                              "NodeAccepted"}
+    assert all(e["proof"]["method"] == "signed" and e["proof"]["sender"] == "web"
+               for e in by_people), by_people
 
 
 @pytest.mark.parametrize("name", [key(p) for p in HISTORIES])

@@ -30,14 +30,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from domain.calendar import calendar_from_days  # noqa: E402
+from domain.identity import AuthPolicy  # noqa: E402
 from domain.plan import NodeSpec, Plan, RecheckPolicy, TaskDef, TaskSpec, resolve_plan  # noqa: E402
 from infra.calendar_source import calendar_for_plan  # noqa: E402
+from infra.signing import Signer  # noqa: E402
 from infra.temporal.client import start_time_skipping  # noqa: E402
 from tests.scenario import ROSTER, UNITS, ladders  # noqa: E402
 from workflows.inputs import KeyTaskInput  # noqa: E402
@@ -48,8 +51,9 @@ HERE = Path(__file__).resolve().parent
 # One folder per released workflow version; the current code must replay all of them.
 # v1: before the "drain-after-archive" patch; v2: with it; v3: the calendar recorded in the
 # spec and `update_calendar`, the 回头看 draw derived from the record, 反馈时限 from the rung's
-# rule time, bounded record batches, size-checked commands.
-VERSION = "v3"
+# rule time, bounded record batches, size-checked commands; v4: signed commands (the policy in
+# the task's input, the proof on its events).
+VERSION = "v4"
 OUT = HERE / VERSION
 QUEUE = "record-histories"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -270,6 +274,37 @@ async def continued(r: Run) -> None:
     await r.update("accept", actor="supervisor", node="N1")
 
 
+# Fixed keys, so a re-recording signs the same way (Ed25519 signatures are deterministic).
+WEB = Signer("web", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+FORGER = Signer("web", Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+SIGNED_POLICY = AuthPolicy(require_signed=True, trusted=(WEB.trusted(),))
+
+
+async def signed(r: Run) -> None:
+    """A deployment that requires signed commands, across continue-as-new: signed commands are
+    accepted with their proof; unsigned, forged, re-used and altered ones are refused."""
+    async def send(name: str, payload: dict[str, Any], signer: Signer | None = WEB,
+                   refused: bool = False) -> dict[str, Any]:
+        if signer is not None:
+            payload = signer.sign(r.handle.id, name, payload, await r.env.get_current_time())
+        await r.update(name, refused=refused, **payload)
+        await r.idle()
+        return payload
+
+    await send("acknowledge", {"actor": "unit.member"})
+    await send("progress", {"actor": "unit.member", "percent": 10}, signer=None, refused=True)
+    await send("progress", {"actor": "unit.member", "percent": 20}, signer=FORGER, refused=True)
+    used = await send("progress", {"actor": "unit.member", "percent": 30})
+    await r.update("progress", refused=True, **used)  # the same assertion again
+    await r.idle()
+    await r.update("progress", refused=True, **{**used, "percent": 90})  # another payload
+    await r.idle()
+    await r.signal("progress", {"actor": "unit.member", "percent": 40})  # unsigned signal
+    await r.idle()
+    await send("claim", {"actor": "unit.member", "node": "N1"})
+    await send("accept", {"actor": "supervisor", "node": "N1"})
+
+
 Scenario = tuple[Callable[[Run], Awaitable[None]], dict[str, Any], int | None]
 SCENARIOS: dict[str, Scenario] = {
     "lifecycle": (lifecycle, {"recheck": 100}, None),
@@ -278,7 +313,9 @@ SCENARIOS: dict[str, Scenario] = {
     "sanming": (sanming, {"ladder": "sanming", "due_days": (5,), "progress": (100,)}, None),
     "13710": (ladder_13710, {"ladder": "13710", "due_days": None}, None),
     "continued": (continued, {"due_days": (30,), "progress": (100,)}, 3),
+    "signed": (signed, {"due_days": (30,), "progress": (100,)}, 4),
 }
+POLICIES = {"signed": SIGNED_POLICY}
 
 
 async def drive(env: WorkflowEnvironment, name: str, queue: str = QUEUE) -> str:
@@ -286,7 +323,8 @@ async def drive(env: WorkflowEnvironment, name: str, queue: str = QUEUE) -> str:
     func, kw, continue_after = SCENARIOS[name]
     spec = spec_for(await env.get_current_time(), **kw)
     await env.client.start_workflow(
-        WORKFLOW_NAME, KeyTaskInput(spec=spec, continue_after_events=continue_after),
+        WORKFLOW_NAME, KeyTaskInput(spec=spec, continue_after_events=continue_after,
+                                    auth=POLICIES.get(name)),
         id=spec.task_id, task_queue=queue, search_attributes=initial_search_attributes(spec))
     await func(Run(env, env.client.get_workflow_handle(spec.task_id), spec))
     result = await asyncio.wait_for(env.client.get_workflow_handle(spec.task_id).result(), 60)
