@@ -98,7 +98,8 @@ def _show(task_id: str, as_of: str | None, as_json: bool) -> None:
                     ("event", {}), ("effect", {"overflow": "fold"})):
         table.add_column(col, **kw)
     for x in view.entries:
-        table.add_row(str(x.seq), x.local, _esc(x.actor), x.type, _esc(x.effect))
+        actor = _esc(x.actor) + (f"\n[dim]{_esc(x.proven)}[/dim]" if x.proven else "")
+        table.add_row(str(x.seq), x.local, actor, x.type, _esc(x.effect))
     out.print(table)
     light = _LIGHT_STYLE.get(s.light, "")
     out.print(f"state: status [bold]{s.status}[/bold] · light [{light}]{s.light}[/{light}] · "

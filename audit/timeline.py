@@ -259,10 +259,22 @@ class TimelineEntry:
     actor: str
     type: str
     effect: str
+    proven: str = ""  # how the actor was proven (身份核验), for events a command caused
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at.isoformat(), "local": self.local,
-                "actor": self.actor, "type": self.type, "effect": self.effect}
+                "actor": self.actor, "type": self.type, "effect": self.effect,
+                "proven": self.proven}
+
+
+def proven_words(proof: ev.ActorProof | None) -> str:
+    """The proof in words: "signed by web (key 1a2b…)", "self-asserted", or "" (none recorded:
+    the clock's events, and tasks started before signed commands)."""
+    if proof is None:
+        return ""
+    if proof.method == "signed":
+        return f"signed by {proof.sender} (key {proof.key})"
+    return "self-asserted (unsigned)"
 
 
 def timeline(events: list[ev.Event]) -> list[TimelineEntry]:
@@ -273,7 +285,8 @@ def timeline(events: list[ev.Event]) -> list[TimelineEntry]:
         if isinstance(e, ev.TaskAssigned):
             tz = e.spec.timezone
         out.append(TimelineEntry(e.seq, e.at, fmt_local(e.at, tz, seconds=True), e.actor,
-                                 getattr(e, "type", type(e).__name__), describe(e, state)))
+                                 getattr(e, "type", type(e).__name__), describe(e, state),
+                                 proven_words(e.proof)))
         state = evolve(state, e)
     return out
 

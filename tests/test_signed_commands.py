@@ -205,3 +205,20 @@ async def test_a_signed_signal_is_proven_too(ts_env: WorkflowEnvironment, worker
     assert [r["code"] for r in rejected] == ["unauthenticated", "unauthenticated"]
     [reported] = await recorded(handle, "ProgressReported")
     assert reported["proof"]["method"] == "signed"
+
+
+def test_the_auditors_timeline_says_how_each_actor_was_proven() -> None:
+    from audit.timeline import timeline
+    from domain.decide import assign
+    from domain.events import Acknowledged, ProgressReported
+
+    spec = make_spec(NOW)
+    proof = check(REQUIRED, WEB.sign(TASK, "progress", progress(), NOW))
+    assert isinstance(proof, ActorProof)
+    events = [assign(spec, NOW),
+              Acknowledged(task_id=spec.task_id, seq=2, at=NOW, actor="unit.member",
+                           proof=ActorProof(method="self_asserted")),
+              ProgressReported(task_id=spec.task_id, seq=3, at=NOW, actor="unit.member",
+                               percent=10, proof=proof)]
+    assert [x.proven for x in timeline(events)] == [
+        "", "self-asserted (unsigned)", f"signed by web (key {WEB.fingerprint})"]
