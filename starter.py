@@ -22,8 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from domain.calendar import DEFAULT_TZ
-from domain.commands import Rejection, parse_command, size_rejection
-from domain.plan import PlanInvalid, TaskSpec, estimated_calendar_years, resolve_plan
+from domain.plan import Plan, PlanInvalid, TaskSpec, estimated_calendar_years, resolve_plan
 from infra.db.queries import board as board_counts
 from infra.db.queries import list_tasks
 from infra.settings import get_settings
@@ -33,9 +32,15 @@ app = typer.Typer(help="Duban (督办): key tasks as durable workflows.", no_arg
 plan_app = typer.Typer(help="Plans (重点任务分解清单): load, check, demo.", no_args_is_help=True)
 task_app = typer.Typer(help="Tasks: list and show.", no_args_is_help=True)
 store_app = typer.Typer(help="The event store: schema, rebuild.", no_args_is_help=True)
+user_app = typer.Typer(help="Sign-in to the web app: credentials (口令), sign-ins.",
+                       no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
 app.add_typer(task_app, name="task")
 app.add_typer(store_app, name="store")
+app.add_typer(user_app, name="user")
+keys_app = typer.Typer(help="Signing keys of front doors (身份核验): new, list.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _add_audit() -> None:
@@ -122,6 +127,10 @@ class ShowSource(StrEnum):
 # --- plan ------------------------------------------------------------------------------------
 
 def _resolve(path: Path) -> list[TaskSpec]:
+    return _read_and_resolve(path)[1]
+
+
+def _read_and_resolve(path: Path) -> tuple[Plan, list[TaskSpec]]:
     from infra.calendar_source import calendar_for_plan
     from planfiles import load_ladders, read_plan
 
@@ -138,7 +147,7 @@ def _resolve(path: Path) -> list[TaskSpec]:
         err.print(f"[yellow]warning:[/yellow] the official holiday schedule for "
                   f"{', '.join(map(str, years))} is not published in the calendar library yet; "
                   f"working days in those years are estimated (statutory holidays, no 调休).")
-    return specs
+    return plan, specs
 
 
 async def _start_all(specs: list[TaskSpec], concurrency: int) -> Counter[str]:
@@ -151,6 +160,9 @@ async def _start_all(specs: list[TaskSpec], concurrency: int) -> Counter[str]:
 
     client = await _client()
     settings = get_settings()
+    from infra.signing import load_policy
+
+    policy = load_policy()  # recorded in each task's input: the task decides by it for life
     counts: Counter[str] = Counter()
     sem = asyncio.Semaphore(concurrency)
     with Progress(TextColumn("[bold]loading[/bold]"), BarColumn(), MofNCompleteColumn(),
@@ -161,7 +173,7 @@ async def _start_all(specs: list[TaskSpec], concurrency: int) -> Counter[str]:
             async with sem:
                 try:
                     await client.start_workflow(
-                        WORKFLOW_NAME, KeyTaskInput(spec=spec), id=spec.task_id,
+                        WORKFLOW_NAME, KeyTaskInput(spec=spec, auth=policy), id=spec.task_id,
                         task_queue=settings.task_queue,
                         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -185,8 +197,9 @@ def plan_load(
 ) -> None:
     """Validate a plan and start one KeyTask workflow per (task × responsible unit).
 
-    Safe to run again: a task already running is left as it is (deterministic workflow ids)."""
-    specs = _resolve(file)
+    Safe to run again: a task already running is left as it is (deterministic workflow ids).
+    The plan's roster replaces the one stored for it: who may sign in to the web app, as what."""
+    plan, specs = _read_and_resolve(file)
     by_task = Counter(s.task_code for s in specs)
     table = Table(title=f"{specs[0].plan_title if specs else file} — {len(specs)} task instances")
     for col in ("task", "title", "units", "ladder", "nodes"):
@@ -203,9 +216,19 @@ def plan_load(
         out.print("[green]plan is valid[/green] (dry run: nothing started)")
         return
     counts = asyncio.run(_start_all(specs, concurrency))
+    people = _store_roster(plan)
     out.print(f"[green]loaded[/green] {len(specs)} task instances: "
               f"{counts['started_or_running']} running (new or already running), "
-              f"{counts['already_closed']} already closed")
+              f"{counts['already_closed']} already closed; roster of {people} "
+              f"(sign-in: starter.py user issue ACTOR)")
+
+
+def _store_roster(plan: Plan) -> int:
+    """The roster read model (`people`): the web app's roles and units come from it."""
+    from service.users import store_roster
+
+    return store_roster(_engine(), plan.code, plan.roster, {u.code: u.name for u in plan.units},
+                        now=dt.datetime.now(dt.UTC))
 
 
 @plan_app.command("check")
@@ -422,37 +445,23 @@ def _evidence(paths: list[Path] | None) -> list[dict[str, str]]:
     return items
 
 
-async def _send(task_id: str, name: str, payload: dict[str, Any], as_signal: bool) -> Any:
-    from temporalio.client import WorkflowUpdateFailedError
-    from temporalio.service import RPCError
-
-    client = await _client()
-    handle = client.get_workflow_handle(task_id)
-    try:
-        if as_signal:
-            await handle.signal(name, payload)
-            return {"signalled": name, "task_id": task_id}
-        return await handle.execute_update(name, payload)
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        _fail(f"refused: {getattr(cause, 'message', None) or cause or exc}", code=1)
-    except RPCError as exc:
-        _fail(f"{task_id}: {exc.message}", code=1)
-
-
 def _command(name: str, task_id: str, payload: dict[str, Any], as_signal: bool) -> None:
-    """Validate locally (a clear error before anything is sent), then send and print the answer."""
-    from infra.temporal.client import command_size
+    """Checked locally (a clear error before anything is sent), signed when this process holds a
+    key (DUBAN_SIGNING_KEY), sent; prints the task's answer."""
+    from infra.signing import load_signer
+    from service.commands import CommandRefused, prepare, send_command
 
-    payload = {k: v for k, v in payload.items() if v is not None}
-    too_large = size_rejection(name, command_size(json.loads(json.dumps(payload, default=str))))
-    if too_large is not None:
-        _fail(too_large.reason)
-    parsed = parse_command(name, json.loads(json.dumps(payload, default=str)))
-    if isinstance(parsed, Rejection):
-        _fail(parsed.reason)
-    answer = asyncio.run(_send(task_id, name, json.loads(json.dumps(payload, default=str)),
-                               as_signal))
+    async def go() -> Any:
+        return await send_command(await _client(), task_id, name, payload,
+                                  signer=load_signer(), as_signal=as_signal)
+
+    try:
+        prepare(name, payload)  # before connecting: a wrong command needs no server to say so
+        answer = asyncio.run(go())
+    except CommandRefused as exc:
+        # 2: the command is wrong as written; 1: the task refused it or could not be reached.
+        _fail(("refused: " if exc.sent else "") + exc.reason,
+              code=1 if exc.sent or exc.code == "unavailable" else 2)
     _print_json(answer)
 
 
@@ -595,7 +604,9 @@ def _import_inspections(file: Path, as_json: bool) -> None:
     from service.inspection_import import import_inspections
 
     async def go() -> Any:
-        return await import_inspections(await _client(), file)
+        from infra.signing import load_signer
+
+        return await import_inspections(await _client(), file, signer=load_signer())
 
     try:
         verdicts = asyncio.run(go())
@@ -651,6 +662,137 @@ def recheck(task_id: TaskArg, actor: ActorOpt,
         "passed": passed, "nodes": node or [], "note": note}, signal)
 
 
+# --- users (sign-in to the web app) -------------------------------------------------------------
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "cli"
+
+
+@user_app.command("issue")
+def user_issue(
+    actor: Annotated[str, typer.Argument(help="an actor on a loaded plan's roster")],
+    by: Annotated[str | None, typer.Option("--by", help="who issues it (recorded); "
+                                                         "default: the OS user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Issue a sign-in password to ACTOR and print it, once. Any earlier one is revoked (and
+    its sessions end); only a salted hash is stored."""
+    from service.users import NotOnRoster, issue, person
+
+    engine = _engine()
+    try:
+        password = issue(engine, actor, now=dt.datetime.now(dt.UTC), issued_by=by or _os_user())
+    except NotOnRoster as exc:
+        _fail(str(exc))
+    who = person(engine, actor)
+    if as_json:
+        _print_json({"actor": actor, "password": password,
+                     "name": who.name if who else None, "unit": who.unit if who else None,
+                     "roles": list(who.roles) if who else []})
+        return
+    if who is not None:
+        out.print(f"{actor}: {who.name}, {who.unit_name} ({who.unit}); roles "
+                  f"{', '.join(who.roles)}", highlight=False, markup=False)
+    out.print("one-time password (shown only now; hand it over privately):")
+    out.print(password, highlight=False, markup=False, soft_wrap=True)
+
+
+@user_app.command("revoke")
+def user_revoke(actor: Annotated[str, typer.Argument(help="whose credential")]) -> None:
+    """Revoke ACTOR's credential: its signed-in sessions end at once."""
+    from service.users import revoke
+
+    if not revoke(_engine(), actor, now=dt.datetime.now(dt.UTC)):
+        _fail(f"{actor!r} has no live credential", code=1)
+    out.print(f"revoked the credential of {actor}", highlight=False, markup=False)
+
+
+@user_app.command("list")
+def user_list(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    tz: Annotated[str, typer.Option("--tz", help="time zone of the times shown")] = DEFAULT_TZ,
+) -> None:
+    """Credentials issued (live and revoked), by actor, newest first."""
+    from service.users import list_credentials
+
+    creds = list_credentials(_engine())
+    if as_json:
+        _print_json([{"id": c.id, "actor": c.actor, "name": c.name, "issued_at": c.issued_at,
+                      "issued_by": c.issued_by, "revoked_at": c.revoked_at, "live": c.live}
+                     for c in creds])
+        return
+    table = Table(title=f"{len(creds)} credential(s), {sum(c.live for c in creds)} live")
+    # The actor, then the name under it (as in `task list`): folded rather than cut.
+    table.add_column("actor / name", overflow="fold", min_width=12)
+    table.add_column("issued", no_wrap=True)
+    table.add_column("by", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    for c in creds:
+        status = "[green]live[/]" if c.live else f"revoked\n{_local(c.revoked_at, tz)}"
+        table.add_row(f"{c.actor}\n[dim]{c.name or '(off the roster)'}[/]",
+                      _local(c.issued_at, tz), c.issued_by, status)
+    out.print(table)
+
+
+@user_app.command("sign-ins")
+def user_sign_ins(
+    actor: Annotated[str | None, typer.Option(help="only this actor's attempts")] = None,
+    limit: Annotated[int, typer.Option(help="rows at most")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    tz: Annotated[str, typer.Option("--tz", help="time zone of the times shown")] = DEFAULT_TZ,
+) -> None:
+    """Recent sign-in attempts to the web app, newest first (failures and throttling too)."""
+    from service.users import recent_sign_ins
+
+    rows = recent_sign_ins(_engine(), limit, actor=actor)
+    if as_json:
+        _print_json([r.__dict__ for r in rows])
+        return
+    table = Table(title=f"{len(rows)} sign-in attempt(s)")
+    table.add_column("at", no_wrap=True)
+    table.add_column("actor", overflow="fold")
+    table.add_column("ok", no_wrap=True)
+    table.add_column("remote", overflow="fold")
+    table.add_column("reason", no_wrap=True)
+    for r in rows:
+        table.add_row(_local(r.at, tz), r.actor, "[green]yes[/]" if r.ok else "[red]no[/]",
+                      r.remote, r.reason)
+    out.print(table)
+
+
+# --- web -------------------------------------------------------------------------------------
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="port; default DUBAN_WEB_PORT (8080)")] = None,
+    secure_cookies: Annotated[bool, typer.Option(
+        "--secure-cookies", help="mark the session cookie Secure (when served over HTTPS)")] = False,
+) -> None:
+    """The web app (前台): board, task pages and forms for signed-in users (`user issue`)."""
+    import uvicorn
+
+    from infra.db.store import open_store
+    from infra.signing import load_signer
+    from infra.temporal.client import connect
+    from web.app import create_app
+    from web.context import WebContext
+
+    settings = get_settings()
+    store = open_store(settings.database_url)
+    evidence = settings.home / "evidence"
+    evidence.mkdir(parents=True, exist_ok=True)
+    ctx = WebContext(engine=store.engine, store=store, evidence_dir=evidence,
+                     connect=lambda: connect(settings), signer=load_signer(),
+                     secure_cookies=secure_cookies)
+    uvicorn.run(create_app(ctx), host=host, port=port or settings.web_port)
+
+
 # --- store -----------------------------------------------------------------------------------
 
 @store_app.command("init")
@@ -695,6 +837,58 @@ def store_rebuild(
                   + ("" if check else f", {written} rewritten"), highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+# --- signing keys --------------------------------------------------------------------------
+
+def _keys_dir() -> Path:
+    return get_settings().home / "keys"
+
+
+@keys_app.command("new")
+def keys_new(
+    sender: Annotated[str, typer.Argument(help="the front door's name, e.g. web or office-cli")],
+    out_dir: Annotated[Path | None, typer.Option("--dir", help="where the key files go "
+                                                 "(default: $DUBAN_HOME/keys)")] = None,
+) -> None:
+    """A new Ed25519 key for SENDER: the private key to SENDER.pem (mode 600; give its path to
+    that front door as DUBAN_SIGNING_KEY), the public key added to trusted.json (give its path
+    to `plan load` as DUBAN_TRUSTED_KEYS: tasks started then trust it)."""
+    from pydantic import ValidationError
+
+    from infra.signing import new_signer, trust, write_key
+
+    folder = out_dir or _keys_dir()
+    try:
+        signer = new_signer(sender)
+        trusted = signer.trusted()
+    except ValidationError:
+        _fail(f"sender {sender!r}: letters, digits, '.', '_' and '-' only (at most 64)")
+    key_path = folder / f"{sender}.pem"
+    if key_path.exists():
+        _fail(f"{key_path} exists: a key is never overwritten (remove it first to rotate)")
+    write_key(signer, key_path)
+    trust(folder / "trusted.json", trusted)
+    out.print(f"private key : {key_path}", highlight=False, markup=False)
+    out.print(f"trusted     : {folder / 'trusted.json'} (sender {sender}, key "
+              f"{signer.fingerprint})", highlight=False, markup=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    file: Annotated[Path | None, typer.Argument(help="trusted-keys file (default: "
+                                                "$DUBAN_TRUSTED_KEYS or $DUBAN_HOME/keys/trusted.json)")] = None,
+) -> None:
+    """The senders a trusted-keys file trusts, with their key fingerprints."""
+    import os
+
+    from infra.signing import read_trusted
+
+    path = file or Path(os.environ.get("DUBAN_TRUSTED_KEYS") or _keys_dir() / "trusted.json")
+    if not path.exists():
+        _fail(f"{path}: no trusted-keys file")
+    for k in read_trusted(path):
+        out.print(f"{k.sender}\t{k.fingerprint()}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class Settings(BaseModel):
     home: Path = Field(default_factory=lambda: REPO_ROOT / ".duban")
     database_url: str = ""
     metrics_port: int = 9464
+    web_port: int = 8080  # `starter.py serve` (the web app) unless --port is given
     log_format: LogFormat = Field(default_factory=_default_log_format)
 
     @classmethod
@@ -50,6 +51,7 @@ class Settings(BaseModel):
             # The store file follows DUBAN_HOME unless a URL is given explicitly.
             "database_url": e.get("DATABASE_URL") or f"sqlite:///{home / 'duban.db'}",
             "metrics_port": int(e.get("DUBAN_METRICS_PORT") or 9464),
+            "web_port": int(e.get("DUBAN_WEB_PORT") or 8080),
         }
         if e.get("DUBAN_LOG_FORMAT"):
             values["log_format"] = e["DUBAN_LOG_FORMAT"].strip().lower()

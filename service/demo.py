@@ -1,4 +1,5 @@
-"""`make demo`: a dev server, the store, a worker and the demo plan, then "where to look".
+"""`make demo`: a dev server, the store, a worker, the web app and the demo plan, then "where
+to look", with one ready sign-in per role (issued afresh on every run).
 
 Re-running while a previous demo's server/worker still run reuses them. Ctrl-C (or SIGTERM)
 stops only what this run started, by pid, and removes their pid files.
@@ -12,11 +13,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from infra.logging import configure_logging, get_logger
 from infra.settings import REPO_ROOT, Settings, get_settings
@@ -34,9 +40,18 @@ from infra.temporal.devserver import (
 )
 from workflows.search import DEFINITIONS
 
+if TYPE_CHECKING:
+    from domain.plan import Member, Plan, TaskSpec
+
 log = get_logger("duban.demo")
 
 WORKER_PID_FILE = "worker.json"
+WEB_PID_FILE = "web.json"
+# One sign-in per role printed at the end (not discipline: its view is the auditor's).
+SIGN_IN_ROLES = ("member", "head", "lead", "supervisor", "auditor", "office", "leader")
+# Roles whose holders see every unit's tasks (as web.auth.SEE_ALL): a "lead" sign-in that also
+# held one of them would not show what a lead unit sees.
+_SEE_ALL = frozenset({"supervisor", "auditor", "office", "leader", "discipline"})
 DEFAULT_UI_PORT = 8233
 READY_TIMEOUT = 90.0  # worker start-up on 2 busy cores (imports + sandbox validation)
 
@@ -64,8 +79,25 @@ def _port_of(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
+def _demo_keys(settings: Settings) -> dict[str, str]:
+    """The web app's signing key and the trusted-keys file (made on first use, kept after): the
+    demo's tasks trust the web app's signatures, and (DUBAN_REQUIRE_SIGNED unset) also take
+    unsigned commands from the command line, marked self-asserted."""
+    from infra.signing import new_signer, trust, write_key
+
+    folder = settings.home / "keys"
+    key, trusted = folder / "web.pem", folder / "trusted.json"
+    if not key.exists():
+        signer = new_signer("web")
+        write_key(signer, key)
+        trust(trusted, signer.trusted())
+    return {"DUBAN_SIGNING_KEY": str(key), "DUBAN_SIGNER": "web",
+            "DUBAN_TRUSTED_KEYS": str(trusted)}
+
+
 def _env(settings: Settings, address: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(_demo_keys(settings))
     env.update(
         TEMPORAL_ADDRESS=address,
         TEMPORAL_NAMESPACE=settings.temporal_namespace,
@@ -199,7 +231,156 @@ def _ensure_worker(settings: Settings, address: str, started: list[Started]) -> 
     log.info("worker is polling", task_queue=settings.task_queue)
 
 
-def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: Path) -> str:
+def _ensure_web(settings: Settings, address: str, started: list[Started]) -> str:
+    """The web app (`starter.py serve`) as a child like the worker; returns its URL."""
+    home = settings.home
+    pid_file = home / WEB_PID_FILE
+    info = read_pid_file(pid_file)
+    if info is not None and pid_alive(info["pid"], expect_in_cmdline="starter.py serve"):
+        if (info.get("address") == address and info.get("database_url") == settings.database_url
+                and _answers(info.get("url", ""))):
+            log.info("reusing web app", pid=info["pid"], url=info["url"])
+            return str(info["url"])
+        log.warning("stopping stale demo web app", pid=info["pid"], url=info.get("url"))
+        terminate_pid(info["pid"])
+    port = settings.web_port if port_is_free(settings.web_port) else free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = home / "web.log"
+    with open(log_file, "ab") as out:
+        popen = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "starter.py"), "serve", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=_env(settings, address),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to the demo, which stops it itself
+        )
+    write_pid_file(pid_file, pid=popen.pid, address=address, url=url,
+                   database_url=settings.database_url)
+
+    def alive() -> bool:
+        return popen.poll() is None
+
+    started.append(Started("web app", lambda: terminate_pid(popen.pid, timeout=10, popen=popen),
+                           pid_file, alive, log_file, popen.poll))
+    log.info("started web app", pid=popen.pid, url=url, log=str(log_file))
+    _wait_for_web(url, alive, log_file)
+    return url
+
+
+def _answers(url: str) -> bool:
+    """True if the web app at `url` serves its sign-in page."""
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(f"{url}/login", timeout=2) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _wait_for_web(url: str, alive: Callable[[], bool], log_file: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"web app exited during start-up; {log_file} ends:\n"
+                               f"{_tail(log_file)}")
+        if _answers(url):
+            return
+        tick.wait(0.25)
+    raise RuntimeError(f"the web app did not answer at {url} in time; see {log_file}")
+
+
+def pick_sign_ins(plan: Plan, specs: list[TaskSpec]) -> list[tuple[str, Member]]:
+    """One roster member per role of `SIGN_IN_ROLES` (roles nobody holds are left out).
+
+    Prefers someone not picked already (issuing twice to one actor would revoke the first
+    password), then the role's own view: no other role that sees every unit, then the fewest
+    roles; then one whose unit has the most task instances (responsible for, or leading for
+    "lead"), so that the view is not empty; then roster order."""
+    responsible = Counter(s.unit.code for s in specs)
+    leading = Counter(s.lead_unit.code for s in specs)
+    picks: list[tuple[str, Member]] = []
+    chosen: set[str] = set()
+    for role in SIGN_IN_ROLES:
+        weight = leading if role == "lead" else responsible
+        holders = [(i, m) for i, m in enumerate(plan.roster) if role in m.roles]
+        if not holders:
+            continue
+
+        def key(im: tuple[int, Member], role: str = role,
+                weight: Counter[str] = weight) -> tuple[bool, bool, int, int, int]:
+            i, m = im
+            wider = bool(_SEE_ALL.intersection(m.roles) - {role})
+            return (m.actor in chosen, wider, len(m.roles), -weight[m.unit], i)
+
+        _, best = min(holders, key=key)
+        picks.append((role, best))
+        chosen.add(best.actor)
+    return picks
+
+
+@dataclass(frozen=True)
+class SignIn:
+    role: str
+    actor: str
+    name: str
+    unit_name: str
+    password: str
+
+
+def sign_in_block(url: str, sign_ins: list[SignIn]) -> list[str]:
+    """The "登录" lines of "where to look": the URL, then one line per role."""
+    from web.templating import ROLE_LABELS
+
+    lines = [f"  登录（每个角色一个）: {url}/login"]
+    actor_width = max((len(s.actor) for s in sign_ins), default=0)
+    for s in sign_ins:
+        label = _pad(ROLE_LABELS.get(s.role, s.role), 10)
+        lines.append(f"    {s.role:<10} {label} {s.actor:<{actor_width}}  口令 {s.password}  "
+                     f"{s.name}（{s.unit_name}）")
+    return lines
+
+
+def _pad(text: str, width: int) -> str:
+    """Pad to `width` terminal columns (a CJK character takes two)."""
+    import unicodedata
+
+    used = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - used)
+
+
+def issue_sign_ins(settings: Settings, plan_file: Path) -> list[SignIn]:
+    """Issue (again) one credential per role, to people of the loaded demo plan."""
+    from datetime import UTC, datetime
+
+    from domain.plan import resolve_plan
+    from infra.db.engine import make_engine
+    from planfiles import load_ladders, read_plan
+    from service.users import issue
+
+    plan = read_plan(plan_file)
+    units = {u.code: u.name for u in plan.units}
+    engine = make_engine(settings.database_url)
+    issued: dict[str, str] = {}
+    try:
+        out = []
+        for role, m in pick_sign_ins(plan, resolve_plan(plan, load_ladders())):
+            if m.actor not in issued:
+                issued[m.actor] = issue(engine, m.actor, now=datetime.now(UTC),
+                                        issued_by="make demo")
+            out.append(SignIn(role, m.actor, m.name, units.get(m.unit, m.unit),
+                              issued[m.actor]))
+        return out
+    finally:
+        engine.dispose()
+
+
+def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: Path,
+                   web_url: str | None = None, sign_ins: list[SignIn] | None = None) -> str:
     py = ".venv/bin/python"
     prefix = "" if address == "127.0.0.1:7233" else f"TEMPORAL_ADDRESS={address} "
     store = settings.database_url
@@ -211,7 +392,9 @@ def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: P
         f"  Temporal web UI     : {ui_url or '(headless)'}",
         f"  Temporal address    : {address}",
         f"  plan loaded         : {plan.relative_to(REPO_ROOT) if plan.is_relative_to(REPO_ROOT) else plan}",
+        f"  Web app (前台)       : {web_url or '(not started)'}",
         "",
+        *(sign_in_block(web_url, sign_ins) + [""] if web_url and sign_ins else []),
         "  Red tasks           :",
         f"    {prefix}{py} starter.py task list --light red",
         "  The board (挂图作战) :",
@@ -221,7 +404,8 @@ def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: P
         "  督办单 notices, the outbox and the event store land in:",
         f"    {store}",
         "  Logs                : "
-        f"{settings.home / 'worker.log'}, {settings.home / 'devserver.log'}",
+        f"{settings.home / 'worker.log'}, {settings.home / 'web.log'}, "
+        f"{settings.home / 'devserver.log'}",
         "",
         "  Ctrl-C stops what this run started (reused processes keep running).",
         "========================================================",
@@ -261,11 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         env = _env(settings, address)
         _starter(env, "store", "init")
         _ensure_worker(settings, address, started)
+        web_url = _ensure_web(settings, address, started)
         plan = settings.home / "demo-plan.yaml"
         if not plan.exists():
             _starter(env, "plan", "demo", "--out", str(plan))
         _starter(env, "plan", "load", str(plan))
-        print(_where_to_look(settings, address, ui_url, plan), flush=True)
+        sign_ins = issue_sign_ins(settings, plan)
+        print(_where_to_look(settings, address, ui_url, plan, web_url, sign_ins), flush=True)
         # Watch our children: if one dies, say so and stop the rest, rather than look alive.
         tick = threading.Event()
         while True:

@@ -2,7 +2,9 @@
 
 `events` is the record (append-only, hash-chained); `tasks`, `inspections` and `findings` are
 read models rebuilt from it at will; `notices` and `outbox` make side effects at-most-once;
-`archives` keeps engine histories beyond Temporal's retention.
+`archives` keeps engine histories beyond Temporal's retention. `people` is the roster read model
+(written when a plan is loaded); `credentials`, `sign_ins` and `web_sessions` are the web app's
+sign-in state (only hashes of passwords and session tokens are stored).
 
 The migration in migrations/versions must match these models (a test compares them).
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Index,
@@ -87,6 +90,8 @@ class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("task_id", "seq", name="uq_events_task_seq"),
+        # A page of the Gantt view reads a few event types of its tasks (migration 0004).
+        Index("ix_events_task_type", "task_id", "type"),
         # With the unique key this makes every possible edit of `seq` visible as a break at
         # that event's own position (values below 1 would sort before seq 1).
         CheckConstraint("seq >= 1", name="seq_positive"),
@@ -115,6 +120,15 @@ class TaskRow(Base):
         Index("ix_tasks_light", "light"),
         Index("ix_tasks_status", "status"),
         Index("ix_tasks_plan_township", "plan_code", "township"),
+        # The board (migration 0004): covering indexes for its per-township, per-unit and
+        # per-task counts, index-ordered pages (urgency segments, the overdue list) and the
+        # lead unit's side of a member's visibility.
+        Index("ix_tasks_plan_town_unit", "plan_code", "township", "unit_code", "light",
+              "status", "level"),
+        Index("ix_tasks_plan_task", "plan_code", "task_code", "light", "status", "level"),
+        Index("ix_tasks_plan_urgency", "plan_code", "light", "level", "next_due_at", "task_id"),
+        Index("ix_tasks_plan_due", "plan_code", "next_due_at", "task_id"),
+        Index("ix_tasks_lead_unit", "lead_unit", "plan_code"),
     )
 
     task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -226,6 +240,69 @@ class ArchiveRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     event_count: Mapped[int] = mapped_column(Integer)
     archived_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PersonRow(Base):
+    """Read model: the roster (名册) of each loaded plan, one row per (plan, actor). Rewritten
+    whole for a plan when it is loaded; an actor may be on several plans."""
+
+    __tablename__ = "people"
+    __table_args__ = (Index("ix_people_actor", "actor"),)
+
+    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    unit: Mapped[str] = mapped_column(String(100))
+    unit_name: Mapped[str] = mapped_column(Text)
+    roles: Mapped[list[Any]] = mapped_column(JSON)
+    loaded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CredentialRow(Base):
+    """A sign-in password issued to an actor: only its Argon2id hash (salted) is kept. At most
+    one is live per actor; issuing a new one revokes the earlier."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    issued_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class SignInRow(Base):
+    """Every sign-in attempt, successful or not; also what throttling counts (per actor and
+    per remote address, hence the two indexes)."""
+
+    __tablename__ = "sign_ins"
+    __table_args__ = (
+        Index("ix_sign_ins_actor_at", "actor", "at"),
+        Index("ix_sign_ins_remote_at", "remote", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ok: Mapped[bool] = mapped_column(Boolean)
+    remote: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(40))
+
+
+class WebSessionRow(Base):
+    """A signed-in browser session. Keyed by the SHA-256 of the cookie's token, so that the
+    table alone cannot be replayed as cookies."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    credential_id: Mapped[int] = mapped_column(Integer)
+    csrf: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata
