@@ -7,6 +7,7 @@ the actor it names, and sent as a Temporal update, whose refusal comes back as C
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -60,14 +61,18 @@ def _field_of(name: str, data: dict[str, Any]) -> str | None:
 
 
 async def send_command(client: Any, task_id: str, name: str, payload: dict[str, Any], *,
-                       signer: Signer | None = None, as_signal: bool = False) -> dict[str, Any]:
-    """Send one command to a task and return the task's answer (the events it caused)."""
+                       signer: Signer | None = None, as_signal: bool = False,
+                       now: dt.datetime | None = None) -> dict[str, Any]:
+    """Send one command to a task and return the task's answer (the events it caused).
+
+    `now`: the time the signature is dated (default the wall clock; the task refuses one far
+    from its own clock)."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
     data = prepare(name, payload)
     if signer is not None:
-        data = signer.sign(task_id, name, data)
+        data = signer.sign(task_id, name, data, now)
     handle = client.get_workflow_handle(task_id)
     try:
         if as_signal:

@@ -157,18 +157,20 @@ def group_rows(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Group], lis
     return sorted([*groups.values(), *blank_rows], key=lambda g: g.rows[0]), refused
 
 
-def _signed(signer: Signer | None, g: Group) -> dict[str, Any]:
-    return g.payload if signer is None else signer.sign(g.task_id, "inspect", g.payload)
+def _signed(signer: Signer | None, g: Group, now: dt.datetime | None) -> dict[str, Any]:
+    return g.payload if signer is None else signer.sign(g.task_id, "inspect", g.payload, now)
 
 
 async def import_inspections(client: Any, path: Path, *, signer: Signer | None = None,
-                             as_actor: str | None = None) -> list[RowVerdict]:
+                             as_actor: str | None = None,
+                             now: dt.datetime | None = None) -> list[RowVerdict]:
     """Validate every row, send each inspection as a validated update, report per row; a
     refused row is recorded on its task when the task exists (see the module docstring).
 
     `signer`: each inspection is signed for its inspector (a front door holding a key).
     `as_actor`: the uploader (the web app's signed-in supervisor): a row naming another
-    inspector is refused here and sent nowhere, since nobody may report for someone else."""
+    inspector is refused here and sent nowhere, since nobody may report for someone else.
+    `now`: the time signatures are dated (default the wall clock)."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
@@ -194,7 +196,7 @@ async def import_inspections(client: Any, path: Path, *, signer: Signer | None =
                 mark("rejected", g.error)
                 continue
             try:
-                await handle.signal("inspect", _signed(signer, g))
+                await handle.signal("inspect", _signed(signer, g, now))
             except RPCError as exc:
                 mark("rejected", f"{g.error} (not recorded on the task: {exc.message})")
                 continue
@@ -204,7 +206,7 @@ async def import_inspections(client: Any, path: Path, *, signer: Signer | None =
             mark("already recorded", "this inspection is on the task already; nothing sent")
             continue
         try:
-            await handle.execute_update("inspect", _signed(signer, g))
+            await handle.execute_update("inspect", _signed(signer, g, now))
         except WorkflowUpdateFailedError as exc:
             # Refused on the task's state, the handler records the attempt before refusing; a
             # refusal by the update's validator (e.g. too large) leaves no record.

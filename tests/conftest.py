@@ -16,7 +16,7 @@ from infra.temporal.client import start_time_skipping
 from infra.temporal.devserver import DevServer, start_dev_server
 from workflows.search import DEFINITIONS
 
-pytest_plugins = ["tests.fixtures_db"]
+pytest_plugins = ["tests.fixtures_db", "tests.conftest_web"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

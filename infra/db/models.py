@@ -116,13 +116,13 @@ class TaskRow(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_plan_light", "plan_code", "light"),
-        Index("ix_tasks_unit", "unit_code"),
+        Index("ix_tasks_unit_plan", "unit_code", "plan_code"),  # was ix_tasks_unit (0004)
         Index("ix_tasks_light", "light"),
         Index("ix_tasks_status", "status"),
         Index("ix_tasks_plan_township", "plan_code", "township"),
         # The board (migration 0004): covering indexes for its per-township, per-unit and
-        # per-task counts, index-ordered pages (urgency segments, the overdue list) and the
-        # lead unit's side of a member's visibility.
+        # per-task counts, index-ordered pages (urgency segments, the overdue list), and with
+        # ix_tasks_unit_plan the two sides of a unit member's visibility.
         Index("ix_tasks_plan_town_unit", "plan_code", "township", "unit_code", "light",
               "status", "level"),
         Index("ix_tasks_plan_task", "plan_code", "task_code", "light", "status", "level"),

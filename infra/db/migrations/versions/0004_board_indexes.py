@@ -10,7 +10,8 @@ Create Date: 2026-12-10
 - tasks (plan, task, light, status, level): per-task counts (the grid's columns);
 - tasks (plan, light, level, next due, task id): pages in urgency order, one segment at a time;
 - tasks (plan, next due, task id): the overdue list, most days late first;
-- tasks (lead unit, plan): the lead unit's side of a unit member's visibility;
+- tasks (unit, plan) and (lead unit, plan): a unit member's visibility, its own unit's tasks
+  and those it leads (the first replaces 0001's ix_tasks_unit on the unit alone);
 - events (task, type): the Gantt view's extensions, rungs and acceptances of a page of tasks.
 """
 
@@ -35,6 +36,8 @@ TASK_INDEXES = {
 
 
 def upgrade() -> None:
+    op.drop_index("ix_tasks_unit", table_name="tasks")
+    op.create_index("ix_tasks_unit_plan", "tasks", ["unit_code", "plan_code"])
     for name, columns in TASK_INDEXES.items():
         op.create_index(name, "tasks", columns)
     op.create_index("ix_events_task_type", "events", ["task_id", "type"])
@@ -44,3 +47,5 @@ def downgrade() -> None:
     op.drop_index("ix_events_task_type", table_name="events")
     for name in reversed(TASK_INDEXES):
         op.drop_index(name, table_name="tasks")
+    op.drop_index("ix_tasks_unit_plan", table_name="tasks")
+    op.create_index("ix_tasks_unit", "tasks", ["unit_code"])
