@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from audit.rules_check import RulesReport, check_rules
-from audit.timeline import AuditInputError, events_as_of, fmt_local, humanize, parse_as_of
+from audit.timeline import AuditInputError, events_as_of, fmt_local, parse_as_of
 from domain import commands as c
 from domain import events as ev
 from domain.authz import authorise
@@ -31,7 +31,7 @@ from domain.state import TaskState
 from web.access import can_see, task_url
 from web.auth import Viewer, ViewerDep, ctx_of
 from web.context import WebContext
-from web.templating import render
+from web.templating import duration, render
 
 router = APIRouter()
 
@@ -398,7 +398,7 @@ def build(ctx: WebContext, record: TaskRecord, as_of: AsOf) -> PageData:  # noqa
             "status": NODE_STATUS.get(n.status, n.status),
             "status_class": {"done": "ok", "claimed": "wait"}.get(n.status,
                                                                    "bad" if overdue else ""),
-            "overdue": f"已逾期 {humanize(at - n.due)}" if overdue else "",
+            "overdue": f"已逾期 {duration(at - n.due)}" if overdue else "",
             "claimed": w.t(n.claimed_at), "done": w.t(n.done_at),
             "on_time": "—" if n.on_time is None else ("按时" if n.on_time else "逾期"),
             "pending_extension": (w.t(n.pending_extension.proposed_due)
@@ -430,7 +430,7 @@ def build(ctx: WebContext, record: TaskRecord, as_of: AsOf) -> PageData:  # noqa
             label, cls = RUNG_VERDICTS.get(r.verdict, (r.verdict, ""))
             delay = r.delay
             if r.verdict in ("late", "early") and delay is not None:
-                label += f" {humanize(delay)}"
+                label += f" {duration(delay)}"
             rungs.append({"target": w.target(r.target_kind, r.target), "cycle": r.cycle,
                           "required_now": r.verdict != "not required",
                           "title": r.title, "level": r.level,

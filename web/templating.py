@@ -37,6 +37,21 @@ def local_time(value: dt.datetime | str | None, fmt: str = "%Y-%m-%d %H:%M") -> 
     return value.astimezone(LOCAL_TZ).strftime(fmt)
 
 
+def duration(delta: dt.timedelta) -> str:
+    """A span in Chinese, to the minute past an hour: 3天4小时5分, 2小时0分, 5分50秒, 45秒."""
+    total = int(abs(delta).total_seconds())
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}天{hours}小时{minutes}分"
+    if hours:
+        return f"{hours}小时{minutes}分"
+    if minutes:
+        return f"{minutes}分{secs}秒"
+    return f"{secs}秒"
+
+
 def local_date(value: dt.datetime | str | None) -> str:
     return local_time(value, "%Y-%m-%d")
 
