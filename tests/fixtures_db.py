@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
 
 from infra.db.engine import make_engine
 from infra.db.migrate import upgrade
@@ -23,7 +26,15 @@ POSTGRES_ENV = "DUBAN_TEST_POSTGRES_URL"
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL to an empty database of the parametrised backend."""
-    if request.param == "sqlite":
+    with empty_database(request.param, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database: a SQLite file under `tmp_path`, or a fresh PostgreSQL schema
+    (skipped without DUBAN_TEST_POSTGRES_URL), dropped afterwards."""
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'store' / 'duban.db'}"
         return
     base = os.environ.get(POSTGRES_ENV)
@@ -53,3 +64,22 @@ def store(db_url: str) -> Iterator[EventStore]:
         yield EventStore(engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Run starter.py commands (typer's CliRunner) against the database at `db_url`."""
+    import starter
+    from infra.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(starter.app, list(args))
+
+    try:
+        yield run
+    finally:
+        get_settings.cache_clear()

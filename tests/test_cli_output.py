@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,22 +23,9 @@ UTC = dt.UTC
 
 
 @pytest.fixture
-def cli(store: EventStore, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Run starter.py commands against `store`."""
-    import starter
-    from infra.settings import get_settings
-
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    runner = CliRunner()
-
-    def run(*args: str) -> Any:
-        return runner.invoke(starter.app, list(args))
-
-    try:
-        yield run
-    finally:
-        get_settings.cache_clear()
+def cli(cli: Any, store: EventStore) -> Any:
+    """tests/fixtures_db.py's `cli`, after this module's database is set up."""
+    return cli
 
 
 def row(plan: str, task: str, unit: str, parent: str | None, light: str, status: str = "assigned",

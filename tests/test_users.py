@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
-from typer.testing import CliRunner
 
 from infra.db.engine import make_engine
 from infra.db.migrate import upgrade
@@ -333,21 +332,9 @@ def test_the_plan_loads_roster_names_units(engine: Engine, db_url: str,
 # --- the command line ------------------------------------------------------------------------
 
 @pytest.fixture
-def cli(engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    import starter
-    from infra.settings import get_settings
-
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    runner = CliRunner()
-
-    def run(*args: str) -> Any:
-        return runner.invoke(starter.app, list(args))
-
-    try:
-        yield run
-    finally:
-        get_settings.cache_clear()
+def cli(cli: Any, engine: Engine) -> Any:
+    """tests/fixtures_db.py's `cli`, after this module's database is set up."""
+    return cli
 
 
 def test_cli_user_issue_list_revoke(cli: Any, engine: Engine) -> None:

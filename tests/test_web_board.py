@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import event
 
 from infra.db.store import EventStore, ReadModel, open_store
 from service import users
 from tests import board_seed as seed
-from tests.fixtures_db import POSTGRES_ENV
+from tests.fixtures_db import empty_database
 from web import board, board_data, export, gantt
 from web.access import can_see, task_url, visible_task
 from web.app import create_app
@@ -44,30 +40,14 @@ UNIT_NAMES = {C01: "文化路社区", C02: "北关社区", V01: "河西村", MZJ
 def store(request: pytest.FixtureRequest,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStore]:
     """The seeded store, once per module and backend (PostgreSQL with
-    DUBAN_TEST_POSTGRES_URL, in a schema of its own, as tests/fixtures_db.py does)."""
-    if request.param == "sqlite":
-        st = open_store(f"sqlite:///{tmp_path_factory.mktemp('board') / 'duban.db'}")
-        seed.seed(st)
-        yield st
-        st.engine.dispose()
-        return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set")
-    schema = f"t_{uuid.uuid4().hex}"
-    admin = create_engine(base, poolclass=NullPool)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    st = open_store(url.render_as_string(hide_password=False))
-    try:
-        seed.seed(st)
-        yield st
-    finally:
-        st.engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    DUBAN_TEST_POSTGRES_URL, in a schema of its own)."""
+    with empty_database(request.param, tmp_path_factory.mktemp("board")) as url:
+        st = open_store(url)
+        try:
+            seed.seed(st)
+            yield st
+        finally:
+            st.engine.dispose()
 
 
 async def _no_temporal() -> Any:
