@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Python 3.11 is what pyproject allows; fall back to python3 (pip then says if it is not 3.11).
 BOOT_PYTHON := $(shell command -v python3.11 2>/dev/null || command -v python3)
 PACKAGES := workflows activities infra audit planfiles service web worker.py starter.py
-BENCHMARKS := bench/bench_verify.py bench/bench_replay.py
+BENCHMARKS := bench/bench_verify.py bench/bench_replay.py bench/bench_board.py
 
 .PHONY: help venv test lint fmt demo bench clean
 
