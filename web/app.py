@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from service import users
-from web import board, forms, task_pages
+from web import board, evidence, forms, inspection_forms, task_pages
 from web.auth import SESSION_COOKIE, SignInRequired, now
 from web.context import WebContext
 from web.templating import render
@@ -81,6 +81,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(board.router)
     app.include_router(task_pages.router)
     app.include_router(forms.router)
+    app.include_router(inspection_forms.router)
+    app.include_router(evidence.router)
     return app
 
 

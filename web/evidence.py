@@ -6,6 +6,8 @@ and type it was uploaded with and the tasks it was uploaded for: the candidates 
 checked against. A download is served only when a task the viewer can see has an event that
 references the hash, so the side file only narrows which tasks' events are read (each by its
 task id, an index lookup), it never grants anything by itself.
+
+The download is `/evidence/{sha256}` (`router`, below).
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+
+from web.access import can_see
+from web.auth import ViewerDep, ctx_of
+
+router = APIRouter()
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a phone photo is a few MB; a scanned PDF rarely more
@@ -127,3 +137,35 @@ def references(event: dict[str, Any], sha: str) -> bool:
     if has(event.get("evidence")):
         return True
     return any(isinstance(f, dict) and has(f.get("evidence")) for f in event.get("findings") or ())
+
+
+# --- evidence download -------------------------------------------------------------------------
+
+NOT_FOUND = "没有这份佐证材料，或您无权查看"
+INLINE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"}
+
+
+@router.get("/evidence/{sha256}")
+async def evidence_file(request: Request, viewer: ViewerDep, sha256: str) -> Response:
+    """A stored file, to a viewer who can see a task whose record references it (else 404)."""
+    ctx = ctx_of(request)
+    sha = sha256.lower()
+    path = path_of(ctx.evidence_dir, sha)
+    if path is None:
+        raise HTTPException(status_code=404, detail=NOT_FOUND)
+    for task_id in candidate_tasks(ctx.evidence_dir, sha):
+        if not can_see(ctx.engine, viewer, task_id):
+            continue
+        if any(references(s.event, sha) for s in ctx.store.load(task_id)):
+            meta = read_meta(ctx.evidence_dir, sha)
+            kind = str(meta.get("content_type") or "application/octet-stream")
+            inline = kind in INLINE_TYPES
+            return FileResponse(
+                path, media_type=kind if inline else "application/octet-stream",
+                filename=str(meta.get("name") or sha),
+                content_disposition_type="inline" if inline else "attachment",
+                headers={"X-Content-Type-Options": "nosniff",
+                         "Content-Security-Policy": "default-src 'none'; sandbox",
+                         "Cache-Control": "private, max-age=3600"})
+    raise HTTPException(status_code=404, detail=NOT_FOUND)
+
