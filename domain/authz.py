@@ -1,7 +1,7 @@
 """Who may do what (权限): by the plan's roster, never by a name typed into a payload.
 
 - A responsible unit (责任单位) reports on its own task only: acknowledge, progress, claim,
-  extension requests, rectification reports.
+  extension requests, rectification reports, and signs for (签收) the notices it receives.
 - Acceptance of a claim: a supervisor (督查组) or the lead unit (牵头单位) — never the unit itself.
 - Extension decisions: the lead unit's lead/head, or a leader (区委/县委).
 - Inspections, rectification verification, 回头看: supervisors not belonging to the unit.
@@ -24,12 +24,14 @@ from domain.commands import (
     ReportProgress,
     ReportRectification,
     RequestExtension,
+    SignNotice,
     UpdateCalendar,
     VerifyRectification,
 )
 from domain.plan import Member, TaskSpec
 
-UNIT_COMMANDS = (Acknowledge, ReportProgress, ClaimNode, RequestExtension, ReportRectification)
+UNIT_COMMANDS = (Acknowledge, ReportProgress, ClaimNode, RequestExtension, ReportRectification,
+                 SignNotice)
 ACCEPT_COMMANDS = (AcceptNode, RejectClaim)
 SUPERVISOR_COMMANDS = (RecordInspection, VerifyRectification, RecordRecheck)
 

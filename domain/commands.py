@@ -175,6 +175,13 @@ class RecordRecheck(Command):
     note: str = Field("", max_length=4000)
 
 
+class SignNotice(Command):
+    """签收督办单: the responsible unit signs for a notice, by its step key."""
+
+    step_key: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=2000)
+
+
 class UpdateCalendar(Command):
     """A newer working-day calendar for the task (the office, e.g. once next year's State
     Council notice is published): it must cover the years the task's calendar covers from its
@@ -197,12 +204,15 @@ COMMANDS: dict[str, type[Command]] = {
     "verify_rectification": VerifyRectification,
     "recheck": RecordRecheck,
     "update_calendar": UpdateCalendar,
+    "sign_notice": SignNotice,
 }
 COMMAND_NAMES: dict[type[Command], str] = {v: k for k, v in COMMANDS.items()}
 # Commands added after the first release: a history recorded before one was added answered its
 # name as unknown (and listed the commands known then), and replays so (see `parse_command`).
-LATER_COMMANDS: frozenset[str] = frozenset({"update_calendar"})
+LATER_COMMANDS: frozenset[str] = frozenset({"update_calendar", "sign_notice"})
 FIRST_COMMANDS: frozenset[str] = frozenset(COMMANDS) - LATER_COMMANDS
+# The commands a history knew before `sign_notice` was added (calendar updates, not 签收).
+CALENDAR_COMMANDS: frozenset[str] = FIRST_COMMANDS | {"update_calendar"}
 
 
 class Rejection(BaseModel):
@@ -211,7 +221,7 @@ class Rejection(BaseModel):
     model_config = ConfigDict(frozen=True)
     code: Literal[
         "malformed", "unknown_command", "unauthorised", "not_allowed", "too_late", "unknown_node",
-        "unknown_finding", "closed", "duplicate", "too_large", "unauthenticated",
+        "unknown_finding", "closed", "duplicate", "too_large", "unauthenticated", "unknown_notice",
     ]
     reason: str
 

@@ -279,6 +279,19 @@ def _recheck(o: _Out, cmd: c.RecordRecheck) -> c.Rejection | None:
     return None
 
 
+def _sign_notice(o: _Out, cmd: c.SignNotice) -> c.Rejection | None:
+    n = o.state.notice(cmd.step_key)
+    if n is None:
+        known = ", ".join(x.step_key for x in o.state.notices) or "none yet"
+        return _no("unknown_notice", f"task {o.state.task_id} has issued no notice "
+                                     f"{cmd.step_key!r} (issued: {known})")
+    if n.signed_at is not None:
+        return _no("duplicate", f"notice {cmd.step_key} was signed for at "
+                                f"{_fmt(n.signed_at, o.state)} by {n.signed_by}")
+    o.add(ev.NoticeSignedFor, step_key=cmd.step_key, note=cmd.note)
+    return None
+
+
 def _update_calendar(o: _Out, cmd: c.UpdateCalendar) -> c.Rejection | None:
     s = o.state
     current, new = s.spec.working_calendar, cmd.calendar
@@ -313,6 +326,7 @@ _HANDLERS: dict[type[c.Command], Callable[[_Out, Any], c.Rejection | None]] = {
     c.VerifyRectification: _verify_rectification,
     c.RecordRecheck: _recheck,
     c.UpdateCalendar: _update_calendar,
+    c.SignNotice: _sign_notice,
 }
 
 
@@ -345,7 +359,7 @@ def recheck_draw(spec: TaskSpec, completed: ev.TaskCompleted) -> tuple[int, str]
 
 
 def tick(state: TaskState, now: dt.datetime, draw: int | None = None, *,
-         reply_by_rule_time: bool = True) -> list[ev.Event]:
+         reply_by_rule_time: bool = True, reply_missed: bool = True) -> list[ev.Event]:
     """What time alone makes happen at `now`.
 
     A notice's 反馈时限 (`reply_by`) is the end of the step's `reply_within` window opened at the
@@ -354,9 +368,18 @@ def tick(state: TaskState, now: dt.datetime, draw: int | None = None, *,
     the workflow passes for histories recorded before the change, so they replay unchanged.
 
     The 回头看 draw is `recheck_draw` of the completion event, recorded with its basis. `draw`
-    (0..99) is given only when replaying tasks that drew from the workflow's randomness."""
+    (0..99) is given only when replaying tasks that drew from the workflow's randomness.
+
+    A notice neither signed for nor answered by its 反馈时限 is recorded as missed at that
+    time (`NoticeReplyMissed`), unless the task is closed; `reply_missed=False` (histories
+    recorded before 签收 existed) records none."""
     o = _Out(state, now, ev.SYSTEM)
     cal = state.spec.working_calendar
+    if reply_missed and state.status != "closed":
+        for n in state.notices:
+            if n.awaiting_reply and n.reply_by is not None and n.reply_by <= now:
+                o.add(ev.NoticeReplyMissed, step_key=n.step_key, issued_at=n.issued_at,
+                      reply_by=n.reply_by)
     for rung in due_rungs(o.state, now):
         step, tgt = rung.step, rung.target
         reply_by = None

@@ -222,6 +222,25 @@ class EscalationFired(Event):
     calendar_estimated: tuple[int, ...] = ()
 
 
+class NoticeSignedFor(Event):
+    """签收: the responsible unit signs for a notice it received (a 督办单 or a reminder)."""
+
+    type: Literal["NoticeSignedFor"] = "NoticeSignedFor"
+    step_key: str
+    note: str = ""
+
+
+class NoticeReplyMissed(Event):
+    """逾期未反馈: a notice neither signed for nor answered (no report by the unit since it was
+    issued) by its 反馈时限; recorded at that instant by the clock, and named in the next
+    rung's notice."""
+
+    type: Literal["NoticeReplyMissed"] = "NoticeReplyMissed"
+    step_key: str
+    issued_at: dt.datetime
+    reply_by: dt.datetime
+
+
 class LightChanged(Event):
     type: Literal["LightChanged"] = "LightChanged"
     previous: Light
@@ -295,7 +314,7 @@ AnyEvent = Annotated[
     | ExtensionRequested | ExtensionDecided | InspectionRecorded | RectificationOrdered
     | RectificationReported | RectificationVerified | FalseReportFound | NodeReopened
     | EscalationFired | LightChanged | TaskCompleted | RecheckScheduled | RecheckRecorded
-    | TaskClosed | CommandRejected | CalendarUpdated,
+    | TaskClosed | CommandRejected | CalendarUpdated | NoticeSignedFor | NoticeReplyMissed,
     Field(discriminator="type"),
 ]
 

@@ -7,7 +7,17 @@ from collections.abc import Iterable
 from domain import events as ev
 from domain.plan import TaskSpec
 from domain.rules import current_level
-from domain.state import FindingState, InspectionState, NodeState, PendingExtension, TaskState
+from domain.state import (
+    FindingState,
+    InspectionState,
+    NodeState,
+    NoticeState,
+    PendingExtension,
+    TaskState,
+)
+
+# A unit's reports that answer the notices issued to it before them (反馈).
+ANSWERS = (ev.ProgressReported, ev.NodeClaimed, ev.RectificationReported, ev.ExtensionRequested)
 
 
 def initial_state(spec: TaskSpec) -> TaskState:
@@ -37,6 +47,19 @@ def _working(state: TaskState) -> dict[str, object]:
     return {}
 
 
+def _notice(state: TaskState, step_key: str, **changes: object) -> TaskState:
+    notices = tuple(n.model_copy(update=changes) if n.step_key == step_key else n
+                    for n in state.notices)
+    return state.model_copy(update={"notices": notices})
+
+
+def _answer(state: TaskState, at: object) -> TaskState:
+    notices = tuple(n.model_copy(update={"answered_at": at})
+                    if n.answered_at is None and n.missed_at is None else n
+                    for n in state.notices)
+    return state.model_copy(update={"notices": notices})
+
+
 def evolve(state: TaskState | None, event: ev.Event) -> TaskState:
     if isinstance(event, ev.TaskAssigned):
         s = initial_state(event.spec)
@@ -46,6 +69,8 @@ def evolve(state: TaskState | None, event: ev.Event) -> TaskState:
         raise ValueError(f"event seq {event.seq} does not follow {state.last_seq}")
     else:
         s = _apply(state, event)
+        if isinstance(event, ANSWERS):
+            s = _answer(s, event.at)
     s = s.model_copy(update={"last_seq": event.seq, "last_at": event.at})
     return s.model_copy(update={"level": current_level(s)})
 
@@ -127,7 +152,10 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
             return _node(s, e.node, status="open", due=e.new_due, cycle=node.cycle + 1, fired=(),
                          claimed_at=None, claimed_by=None, done_at=None, on_time=None)
         case ev.EscalationFired():
-            s = s.model_copy(update={"escalations": s.escalations + 1})
+            issued = NoticeState(step_key=e.step_key, action=e.action, issued_at=e.at,
+                                 reply_by=e.reply_by)
+            s = s.model_copy(update={"escalations": s.escalations + 1,
+                                     "notices": (*s.notices, issued)})
             if e.target_kind == "node":
                 n = s.node(e.target)
                 assert n is not None
@@ -157,6 +185,11 @@ def _apply(s: TaskState, e: ev.Event) -> TaskState:  # noqa: C901 - one branch p
             return s.model_copy(update={"status": "closed", "closed_at": e.at, "light": "green"})
         case ev.CommandRejected():
             return s.model_copy(update={"rejected_commands": s.rejected_commands + 1})
+        case ev.NoticeSignedFor():
+            return _notice(s, e.step_key, signed_at=e.at, signed_by=e.actor)
+        case ev.NoticeReplyMissed():
+            s = s.model_copy(update={"missed_replies": s.missed_replies + 1})
+            return _notice(s, e.step_key, missed_at=e.at)
         case ev.CalendarUpdated():
             return s.model_copy(update={"spec": s.spec.model_copy(update={"calendar": e.calendar})})
         case _:

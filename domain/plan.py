@@ -9,11 +9,13 @@ nodes (节点) planned backwards from the final deadline (倒排工期). `resolv
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+import re
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
+from domain.addresses import email_problem, secret_env_problem, webhook_problem
 from domain.calendar import COMPAT_CALENDAR, DEFAULT_TZ, Calendar, end_of_local_day, local_date
 from domain.ladder import Ladder, Offset
 from domain.schema import Record, added
@@ -47,6 +49,42 @@ class Member(Model):
     name: str
     unit: str
     roles: tuple[Role, ...] = ("member",)
+
+
+ADDRESS_FIELDS = ("email", "webhook", "webhook_secret_env")
+_EMAIL_SPLIT = re.compile(r"[,，、;；\s]+")
+
+
+class Addresses(Model):
+    """Where a unit's or a roster member's 督办单 go (通讯录), besides the unit's inbox in the web
+    app, which every unit has. The webhook's HMAC secret is never in the plan:
+    `webhook_secret_env` names the delivery worker's environment variable that holds it."""
+
+    email: tuple[str, ...] = ()
+    webhook: str | None = None
+    webhook_secret_env: str | None = None
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # "a@x.cn, b@x.cn" as offices write it in a cell or a YAML scalar.
+        if isinstance(value, str):
+            return tuple(x for x in _EMAIL_SPLIT.split(value) if x)
+        return value
+
+    @property
+    def empty(self) -> bool:
+        return not self.email and self.webhook is None and self.webhook_secret_env is None
+
+
+class Directory(Model):
+    """The plan's 通讯录: addresses by unit code and by roster actor. Kept beside the units and
+    the roster, not in them: `Unit` and `Member` are recorded in every `TaskSpec`, and an
+    address changes more often than the rules a task was assigned under (a new plan load
+    stores the new directory; the tasks' records stay as they were)."""
+
+    units: dict[str, Addresses] = Field(default_factory=dict)
+    members: dict[str, Addresses] = Field(default_factory=dict)
 
 
 class NodeSpec(Model):
@@ -102,6 +140,7 @@ class Plan(Model):
     roster: tuple[Member, ...] = ()
     tasks: tuple[TaskDef, ...]
     recheck: RecheckPolicy = RecheckPolicy()
+    directory: Directory = Directory()
 
 
 class ResolvedNode(Model):
@@ -251,6 +290,46 @@ def validate_plan(plan: Plan, ladders: dict[str, Ladder]) -> list[PlanIssue]:
             bad(where, "planned progress must not go down from node to node")
     if plan.start_at is not None and plan.start_at.tzinfo is None:
         issues.append(PlanIssue(where="start_at", message="needs a time zone offset"))
+    issues.extend(_directory_issues(plan))
+    return issues
+
+
+def _directory_issues(plan: Plan) -> list[PlanIssue]:
+    """Bad delivery addresses, each located at its unit's or member's entry and field."""
+    issues: list[PlanIssue] = []
+    units = {u.code for u in plan.units}
+    actors = {m.actor for m in plan.roster}
+    for section, known, owners in (("units", units, plan.directory.units),
+                                   ("roster", actors, plan.directory.members)):
+        for code, a in owners.items():
+            where = f"{section}.{code}"
+            if code not in known:
+                what = "unit" if section == "units" else "roster member"
+                issues.append(PlanIssue(where=f"directory.{section}.{code}",
+                                        message=f"addresses for an unknown {what} {code!r}"))
+            for address in a.email:
+                problem = email_problem(address)
+                if problem:
+                    issues.append(PlanIssue(where=f"{where}.email", message=problem))
+            for dupe in _dupes(list(a.email)):
+                issues.append(PlanIssue(where=f"{where}.email",
+                                        message=f"e-mail address {dupe!r} listed twice"))
+            if a.webhook is not None:
+                problem = webhook_problem(a.webhook)
+                if problem:
+                    issues.append(PlanIssue(where=f"{where}.webhook", message=problem))
+                if a.webhook_secret_env is None:
+                    issues.append(PlanIssue(where=f"{where}.webhook_secret_env", message=(
+                        "a webhook needs webhook_secret_env: the name of the environment "
+                        "variable holding its signing secret")))
+            if a.webhook_secret_env is not None:
+                problem = secret_env_problem(a.webhook_secret_env)
+                if problem:
+                    issues.append(PlanIssue(where=f"{where}.webhook_secret_env",
+                                            message=problem))
+                if a.webhook is None:
+                    issues.append(PlanIssue(where=f"{where}.webhook_secret_env",
+                                            message="webhook_secret_env without a webhook"))
     return issues
 
 

@@ -52,6 +52,7 @@ class TaskRow(Row):
     open_findings: int
     last_seq: int
     updated_at: dt.datetime | None
+    missed_replies: int = 0  # notices recorded as missing their 反馈时限 (逾期未反馈)
 
 
 class InspectionRow(Row):
@@ -106,6 +107,7 @@ def _task_row(state: TaskState) -> TaskRow:
         light=state.light, level=state.level, progress=state.progress,
         next_due_at=deadline_of(state), nodes=nodes,
         open_findings=sum(1 for f in state.findings if f.status != "closed"),
+        missed_replies=state.missed_replies,
         last_seq=state.last_seq, updated_at=state.last_at,
     )
 
@@ -187,6 +189,9 @@ class NoticeContext(Row):
     lead_unit_name: str
     timezone: str
     target_title: str
+    # Earlier notices of this task recorded as missing their 反馈时限 (逾期未签收或反馈), by
+    # step key, as the new notice names them.
+    missed_replies: tuple[str, ...] = ()
 
 
 class RecordBatch(Row):
@@ -211,4 +216,6 @@ def notice_context(state: TaskState, fired: EscalationFired) -> NoticeContext:
         task_id=spec.task_id, step_key=fired.step_key, plan_title=spec.plan_title, task_title=spec.title,
         unit_code=spec.unit.code, unit_name=spec.unit.name, lead_unit_name=spec.lead_unit.name,
         timezone=spec.timezone, target_title=target_title,
+        missed_replies=tuple(n.step_key for n in state.notices
+                             if n.missed_at is not None and n.missed_at <= fired.at),
     )

@@ -170,11 +170,15 @@ def light_at(state: TaskState, now: dt.datetime) -> tuple[Light, tuple[str, ...]
 
 # --- the next wake-up ---------------------------------------------------------------------
 
-def next_wakeup(state: TaskState, now: dt.datetime) -> dt.datetime | None:
-    """The earliest future instant at which the light or a rung may change by time alone."""
+def next_wakeup(state: TaskState, now: dt.datetime, *,
+                reply_missed: bool = True) -> dt.datetime | None:
+    """The earliest future instant at which the light or a rung may change by time alone, or
+    (`reply_missed`) a notice's 反馈时限 pass unanswered."""
     cands: list[dt.datetime] = []
     if state.status == "closed":
         return None
+    if reply_missed:
+        cands += [n.reply_by for n in state.notices if n.awaiting_reply and n.reply_by is not None]
     if state.is_active:
         main = main_ladder(state)
         for n in state.nodes:

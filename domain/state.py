@@ -72,6 +72,26 @@ class InspectionState(S):
     recheck: bool = False
 
 
+class NoticeState(S):
+    """A rung that fired (a 督办单 or a reminder) as its recipient unit answers it: signed for
+    (签收), answered by a report, or recorded as missing its 反馈时限."""
+
+    step_key: str
+    action: Literal["notify", "notice"]
+    issued_at: dt.datetime
+    reply_by: dt.datetime | None = None
+    signed_at: dt.datetime | None = None
+    signed_by: str | None = None
+    answered_at: dt.datetime | None = None  # the unit's first report after it was issued
+    missed_at: dt.datetime | None = None
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """Its 反馈时限 may still be missed: neither signed for, answered nor recorded missed."""
+        return (self.reply_by is not None and self.signed_at is None
+                and self.answered_at is None and self.missed_at is None)
+
+
 class TaskState(S):
     spec: TaskSpec
     last_seq: int
@@ -92,6 +112,8 @@ class TaskState(S):
     false_reports: int = 0
     rejected_commands: int = 0
     escalations: int = 0
+    notices: tuple[NoticeState, ...] = ()
+    missed_replies: int = 0
 
     @property
     def task_id(self) -> str:
@@ -99,6 +121,9 @@ class TaskState(S):
 
     def node(self, code: str) -> NodeState | None:
         return next((n for n in self.nodes if n.code == code), None)
+
+    def notice(self, step_key: str) -> NoticeState | None:
+        return next((n for n in self.notices if n.step_key == step_key), None)
 
     def finding(self, fid: str) -> FindingState | None:
         return next((f for f in self.findings if f.finding_id == fid), None)

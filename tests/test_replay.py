@@ -100,7 +100,7 @@ def test_recorded_histories_cover_every_event_command_and_ladder_step(
         "request_extension": "ExtensionRequested", "decide_extension": "ExtensionDecided",
         "inspect": "InspectionRecorded", "report_rectification": "RectificationReported",
         "verify_rectification": "RectificationVerified", "recheck": "RecheckRecorded",
-        "update_calendar": "CalendarUpdated",
+        "update_calendar": "CalendarUpdated", "sign_notice": "NoticeSignedFor",
     }
     assert set(by_command) == set(COMMANDS)
     assert {t for t in by_command.values()} <= {e["type"] for e in events}
@@ -118,7 +118,7 @@ async def test_changed_commands_fail_the_replay(monkeypatch: pytest.MonkeyPatch)
     the Replayer itself: this is what fails CI on an unguarded workflow change."""
     import domain.rules
 
-    monkeypatch.setattr(domain.rules, "next_wakeup", lambda state, now: None)
+    monkeypatch.setattr(domain.rules, "next_wakeup", lambda state, now, **_: None)
     history = history_from_json((HISTORY_DIR / "v2" / "keytask-escalation.json").read_text("utf-8"))
     run = (await replay_histories([(history, "file")]))[0]
     assert run.failure is not None and "Nondeterminism" in run.failure

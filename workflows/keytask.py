@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from domain import events as ev
     from domain.commands import (
+        CALENDAR_COMMANDS,
         FIRST_COMMANDS,
         Command,
         Rejection,
@@ -55,7 +56,10 @@ REPLY_BY_PATCH = "reply-by-rule-time"  # 反馈时限 from the rung's rule time,
 # The 回头看 draw derived from the completion event (domain.decide.recheck_draw) and recorded
 # with its basis, instead of workflow.random() taken on every tick.
 RECHECK_DRAW_PATCH = "recheck-draw-from-record"
-CALENDAR_COMMAND_PATCH = "update-calendar-command"  # commands.LATER_COMMANDS become known
+CALENDAR_COMMAND_PATCH = "update-calendar-command"  # update_calendar becomes known
+# 签收: `sign_notice` becomes known, and a notice neither signed for nor answered by its 反馈时限
+# is recorded as missed at that instant (the clock wakes for it).
+NOTICE_PATCH = "notice-sign-off"
 # A command may carry a signed assertion of its actor (domain.identity): verified before deciding
 # by the policy in the task's input, and how the actor was proven recorded on its events.
 SIGNED_PATCH = "signed-commands"
@@ -183,7 +187,7 @@ class KeyTask:
         """One durable timer to the next instant time alone changes something; a command
         (`_needs_tick`) wakes the loop earlier."""
         now = workflow.now()
-        wake = next_wakeup(self._state, now)
+        wake = next_wakeup(self._state, now, reply_missed=workflow.patched(NOTICE_PATCH))
         timeout = None if wake is None else max(wake - now, timedelta(milliseconds=1))
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._needs_tick, timeout=timeout,
@@ -380,7 +384,8 @@ class KeyTask:
         # often the workflow woke decided the draw); they replay with exactly that.
         draw = None if workflow.patched(RECHECK_DRAW_PATCH) else workflow.random().randint(0, 99)
         self._emit(tick(self._state, workflow.now(), draw,
-                        reply_by_rule_time=workflow.patched(REPLY_BY_PATCH)))
+                        reply_by_rule_time=workflow.patched(REPLY_BY_PATCH),
+                        reply_missed=workflow.patched(NOTICE_PATCH)))
 
     async def _flush(self) -> None:
         while self._unrecorded:
@@ -408,7 +413,7 @@ class KeyTask:
 
     def _upsert_search_attributes(self) -> None:
         s = self._state
-        wake = next_wakeup(s, workflow.now())
+        wake = next_wakeup(s, workflow.now(), reply_missed=workflow.patched(NOTICE_PATCH))
         values: dict[str, Any] = {
             "light": s.light, "status": s.status, "level": s.level, "next": wake,
         }
@@ -437,8 +442,7 @@ class KeyTask:
         if signed:
             payload, raw_assertion = split_assertion(payload)
         cmd = parse_command(name, payload, lax=not workflow.patched(STRICT_PATCH),
-                            known=None if workflow.patched(CALENDAR_COMMAND_PATCH)
-                            else FIRST_COMMANDS)
+                            known=self._known_commands())
         proof: ev.ActorProof | None = None
         result: list[ev.Event] | Rejection
         if isinstance(cmd, Rejection):
@@ -465,6 +469,16 @@ class KeyTask:
                       for e in result]
         self._emit(result)
         return result
+
+    @staticmethod
+    def _known_commands() -> frozenset[str] | None:
+        """The commands this history knows: a history recorded before a command was added
+        answered its name as unknown, listing the commands known then."""
+        if not workflow.patched(CALENDAR_COMMAND_PATCH):
+            return FIRST_COMMANDS
+        if not workflow.patched(NOTICE_PATCH):
+            return CALENDAR_COMMANDS
+        return None
 
     @staticmethod
     def _decode(args: Sequence[RawValue]) -> object:

@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 # v1: before the "drain-after-archive" patch; v2: with it; v3: the calendar recorded in the
 # spec and `update_calendar`, the 回头看 draw derived from the record, 反馈时限 from the rung's
 # rule time, bounded record batches, size-checked commands; v4: signed commands (the policy in
-# the task's input, the proof on its events).
+# the task's input, the proof on its events), 签收 and missed 反馈时限.
 VERSION = "v4"
 OUT = HERE / VERSION
 QUEUE = "record-histories"
@@ -193,7 +193,9 @@ async def lifecycle(r: Run) -> None:
 
 async def escalation(r: Run) -> None:
     """deadline-lights: yellow, red, then every rung up to 问责; too-late extension; done late;
-    a newer calendar reaches the running task by `update_calendar` (refused from a unit)."""
+    a newer calendar reaches the running task by `update_calendar` (refused from a unit); the
+    first reminder signed for (签收; an unknown one and a second signing refused), the 督办单
+    after it neither signed for nor answered by their 反馈时限 (recorded missed)."""
     await r.update("acknowledge", actor="unit.member")
     cal = r.spec.calendar
     assert cal is not None
@@ -206,7 +208,13 @@ async def escalation(r: Run) -> None:
                    calendar=newer.model_dump(mode="json"))
     await r.update("update_calendar", actor="office.staff", calendar=newer.model_dump(mode="json"),
                    note="国务院办公厅放假安排通知")
-    await r.sleep(r.due() - dt.datetime.fromisoformat(await r.now()) + 70 * DAY)
+    await r.sleep(r.due() - dt.datetime.fromisoformat(await r.now()) + dt.timedelta(hours=1))
+    state = await r.handle.query("state")
+    first = state["notices"][0]["step_key"]
+    await r.update("sign_notice", refused=True, actor="unit.member", step_key="no-such-notice")
+    await r.update("sign_notice", actor="unit.member", step_key=first, note="已收悉")
+    await r.update("sign_notice", refused=True, actor="unit.member", step_key=first)
+    await r.sleep(70 * DAY)
     await r.update("request_extension", refused=True, actor="unit.member", node="N1",
                    reason="来不及", proposed_due="2099-01-01")
     await r.update("claim", actor="unit.member", node="N1")
