@@ -215,6 +215,8 @@ def plan_load(
     if dry_run:
         out.print("[green]plan is valid[/green] (dry run: nothing started)")
         return
+    # The 通讯录 first: a task red at once fires its first notice before the load has ended.
+    _store_directory(plan)
     counts = asyncio.run(_start_all(specs, concurrency))
     people = _store_roster(plan)
     out.print(f"[green]loaded[/green] {len(specs)} task instances: "
@@ -231,6 +233,13 @@ def _store_roster(plan: Plan) -> int:
                         now=dt.datetime.now(dt.UTC))
 
 
+def _store_directory(plan: Plan) -> int:
+    """The plan's 通讯录 (`directory`): where the delivery worker sends its notices."""
+    from service.delivery import store_directory
+
+    return store_directory(_engine(), plan, now=dt.datetime.now(dt.UTC))
+
+
 @plan_app.command("check")
 def plan_check(file: Path) -> None:
     """Validate a plan file, print every problem at once, or what it resolves to."""
@@ -243,6 +252,8 @@ def plan_check(file: Path) -> None:
     out.print(f"  units: {len(plan.units)} ({', '.join(f'{k} {n}' for k, n in kinds.items())})")
     out.print(f"  roster: {len(plan.roster)}; tasks: {len(plan.tasks)}; "
               f"task instances: {len(specs)}")
+    out.print(f"  delivery addresses (通讯录): {len(plan.directory.units)} units, "
+              f"{len(plan.directory.members)} members (every unit has its inbox)")
     per_task = Counter(s.task_code for s in specs)
     for task in plan.tasks:
         out.print(f"    {task.code:8} {per_task[task.code]:3}  {task.title}")
@@ -791,6 +802,65 @@ def serve(
                      connect=lambda: connect(settings), signer=load_signer(),
                      secure_cookies=secure_cookies)
     uvicorn.run(create_app(ctx), host=host, port=port or settings.web_port)
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+@app.command("deliver")
+def deliver(
+    once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between passes")] = 5.0,
+    plan: Annotated[list[str] | None, typer.Option("--plan", help="only these plans")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="list the dead letters and exit")] = False,
+    requeue_id: Annotated[list[int] | None, typer.Option(
+        "--requeue", help="give this dead copy (id) fresh attempts, and exit")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The delivery worker (送达): sends the outbox's 督办单 by e-mail (DUBAN_SMTP_*) and signed
+    webhooks, with retries; runs until stopped (SIGINT/SIGTERM) unless --once."""
+    import signal
+    import threading
+
+    from infra.logging import configure_logging, get_logger
+    from service.delivery import DeliveryPolicy, DeliveryWorker, dead_letters, requeue
+
+    engine = _engine()
+    if dead:
+        rows = dead_letters(engine, plan_code=plan[0] if plan and len(plan) == 1 else None)
+        if as_json:
+            _print_json(rows)
+            return
+        table = Table(title=f"dead letters: {len(rows)}")
+        for col in ("id", "task", "step", "recipient", "channel", "address", "attempts",
+                    "last error"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(str(r["id"]), r["task_id"], r["step_key"], r["recipient"],
+                          r["channel"], r["address"], str(r["attempts"]), r["last_error"] or "")
+        out.print(table)
+        return
+    if requeue_id:
+        now = dt.datetime.now(dt.UTC)
+        for i in requeue_id:
+            done = requeue(engine, i, now=now)
+            out.print(f"{i}: {'requeued' if done else 'not a dead copy (left as it is)'}")
+        return
+    configure_logging(get_settings().log_format)
+    worker = DeliveryWorker(engine, policy=DeliveryPolicy.from_env(), plans=plan or None)
+    if once:
+        result = worker.run_once(dt.datetime.now(dt.UTC))
+        if as_json:
+            _print_json(result.as_dict())
+        else:
+            out.print(" ".join(f"{k}={v}" for k, v in result.as_dict().items()))
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log = get_logger("duban.delivery")
+    log.info("delivery.started", worker=worker.worker_id, interval=interval)
+    worker.run_forever(stop, interval=interval)
+    log.info("delivery.stopped", worker=worker.worker_id)
 
 
 # --- store -----------------------------------------------------------------------------------

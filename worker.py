@@ -1,6 +1,12 @@
-"""One Duban worker process: the KeyTask workflow, every activity, a metrics endpoint.
+"""One Duban worker process: the KeyTask workflow, every activity, two metrics endpoints.
 
     python worker.py            # settings from the environment (see infra/settings.py)
+
+The application's metrics (prometheus-client: counters of what this worker did, gauges of the
+read models computed at scrape time) are on DUBAN_METRICS_PORT; the Temporal SDK core's own
+(polls, task latencies, slots, ...) on DUBAN_SDK_METRICS_PORT (default: the next port). Logs are
+structlog lines (JSON off a terminal), the SDK core's included; the interceptor binds workflow
+id, run id, task, unit and activity. See docs/OPERATIONS.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.record import DubanActivities
 from infra.settings import Settings, get_settings
+from infra.temporal.interceptors import DubanInterceptor
 from workflows.keytask import KeyTask
 
 # Exactly the pure, deterministic modules the workflow uses, imported once outside the sandbox:
@@ -36,8 +43,10 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 @contextlib.asynccontextmanager
 async def running_worker(client: Client, store: Any, task_queue: str,
                          **worker_kwargs: Any) -> AsyncIterator[Worker]:
-    """A worker with everything registered, shut down cleanly on exit (an abrupt exit can abort in the SDK's runtime, exit 134)."""
+    """A worker with everything registered, shut down cleanly on exit (an abrupt exit can abort in the SDK's runtime, exit 134).
+    The log-context interceptor is on unless `interceptors` is given."""
     acts = DubanActivities(store, client)
+    worker_kwargs.setdefault("interceptors", [DubanInterceptor()])
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="duban-act") as pool:
         worker = Worker(
             client, task_queue=task_queue, workflows=[KeyTask],
@@ -48,18 +57,27 @@ async def running_worker(client: Client, store: Any, task_queue: str,
             yield worker
 
 
+def _delivery_counts() -> Any:
+    """The delivery worker's copies per (channel, status), for the notice gauges."""
+    from service.delivery import delivery_counts_by_channel
+
+    return delivery_counts_by_channel
+
+
 async def main(settings: Settings | None = None) -> None:
     from infra.db.store import open_store
     from infra.logging import configure_logging, get_logger
-    from infra.metrics import start_metrics_server
-    from infra.temporal.client import connect
+    from infra.metrics import register_read_model_collector, start_metrics_server
+    from infra.temporal.client import connect, make_runtime
 
     settings = settings or get_settings()
     configure_logging(settings.log_format)
     log = get_logger("duban.worker")
     store = open_store(settings.database_url)
-    client = await connect(settings)
-    port = start_metrics_server(settings.metrics_port)
+    runtime, sdk_port = make_runtime(settings)
+    client = await connect(settings, runtime=runtime)
+    register_read_model_collector(store.engine, delivery_counts=_delivery_counts())
+    port = start_metrics_server(settings.metrics_port, addr=settings.metrics_host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,6 +85,7 @@ async def main(settings: Settings | None = None) -> None:
     async with running_worker(client, store, settings.task_queue):
         log.info("worker.started", task_queue=settings.task_queue,
                  address=settings.temporal_address, metrics_port=port,
+                 sdk_metrics_port=sdk_port,
                  database=settings.database_url.split("@")[-1])
         await stop.wait()
     log.info("worker.stopped")

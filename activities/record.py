@@ -16,6 +16,7 @@ events the store never recorded).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.notices import Channel, OutboxChannel, render_notice
+from activities.notices import Channel, OutboxChannel, issued, render_notice
 from domain.projection import RecordBatch
 from infra import metrics
 from infra.db.store import ArchiveConflictError, ConflictError, GapError
@@ -60,16 +61,18 @@ class DubanActivities:
         started = time.perf_counter()
         rm = batch.read_model
         try:
-            result = self.store.append(batch.task_id, batch.events, read_model=StoreReadModel(
-                task=rm.task.model_dump(),
-                inspections=[i.model_dump() for i in rm.inspections],
-                findings=[f.model_dump() for f in rm.findings],
-                partial=rm.partial,
-            ))
+            with metrics.STORE_APPEND_LATENCY.time():
+                result = self.store.append(batch.task_id, batch.events, read_model=StoreReadModel(
+                    task=rm.task.model_dump(),
+                    inspections=[i.model_dump() for i in rm.inspections],
+                    findings=[f.model_dump() for f in rm.findings],
+                    partial=rm.partial,
+                ))
         except (ConflictError, GapError, ValueError) as exc:
             raise _refused(batch.task_id, batch.events, exc) from exc
         metrics.EVENTS_RECORDED.inc(result.appended)
-        for e in batch.events:
+        # Only the events this call appended (the batch's tail): a retry re-sends the rest.
+        for e in batch.events[len(batch.events) - result.appended:]:
             if e["type"] == "CommandRejected":
                 metrics.COMMANDS_REJECTED.labels(reason=e["code"]).inc()
         contexts = {c.step_key: c for c in batch.notices}
@@ -85,14 +88,28 @@ class DubanActivities:
                 task_id=notice.task_id, step_key=notice.step_key, node=notice.node,
                 ladder=notice.ladder, step=notice.step, level=notice.level, title=notice.title,
                 document=notice.document, reply_by=notice.reply_by,
+                plan_code=rm.task.plan_code, year=notice.year, numbered=notice.numbered,
             )
+            if notice.numbered:
+                # What was filed, number and all (on a retry: the number given the first time).
+                notice = issued(notice, self.store.notice(notice.task_id, notice.step_key))
             if new:
                 metrics.ESCALATIONS.labels(ladder=notice.ladder, step=notice.step).inc()
+                metrics.ESCALATION_LATENESS.labels(ladder=notice.ladder).observe(
+                    metrics.lateness_seconds(e))
             for channel in self.channels:
                 for recipient in notice.recipients:
                     if channel.deliver(notice, recipient):
                         sent += 1
                         metrics.NOTICES_SENT.labels(channel=channel.name).inc()
+        for e in batch.events:  # 签收 and missed 反馈时限 shown on the notice they concern
+            if e["type"] == "NoticeSignedFor":
+                self.store.note_notice_reply(batch.task_id, e["step_key"],
+                                             signed_at=dt.datetime.fromisoformat(e["at"]),
+                                             signed_by=e["actor"])
+            elif e["type"] == "NoticeReplyMissed":
+                self.store.note_notice_reply(batch.task_id, e["step_key"],
+                                             reply_missed_at=dt.datetime.fromisoformat(e["at"]))
         metrics.RECORD_LATENCY.observe(time.perf_counter() - started)
         return {"appended": result.appended, "skipped": result.skipped,
                 "head_seq": result.head_seq, "notices_sent": sent}

@@ -245,6 +245,11 @@ def describe(e: ev.Event, before: TaskState | None) -> str:  # noqa: C901 - one 
             return f"task closed (销号): {e.reason}"
         case ev.CommandRejected():
             return f"command {e.command!r} refused ({e.code}): {e.reason}"
+        case ev.NoticeSignedFor():
+            return f"notice {e.step_key} signed for (签收)" + (f": {e.note}" if e.note else "")
+        case ev.NoticeReplyMissed():
+            return (f"notice {e.step_key} (issued {t(e.issued_at)}) neither signed for nor "
+                    f"answered by its 反馈时限 {t(e.reply_by)}")
     return type(e).__name__
 
 

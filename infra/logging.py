@@ -1,6 +1,10 @@
-"""structlog set-up: one format for our own logs and for stdlib loggers (temporalio, alembic).
+"""structlog set-up: one format for our own logs and for stdlib loggers (temporalio, alembic)
+and for the Temporal SDK core's lines (forwarded into the stdlib logger `SDK_CORE_LOGGER` by
+the runtime, see `infra.temporal.client.make_runtime`).
 
 JSON (one object a line) for collectors and CI, a console renderer for people at a terminal.
+Context bound with `structlog.contextvars` (the worker's interceptor binds workflow id, run id,
+task, unit and activity around each activity) is merged into every line.
 The module is named `logging` inside the `infra` package; absolute imports keep the stdlib one.
 """
 
@@ -9,17 +13,38 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
+from typing import IO, Any
 
 import structlog
 
 _LEVEL_ENV = "DUBAN_LOG_LEVEL"
+SDK_CORE_LOGGER = "temporalio.core"  # where the SDK core's forwarded log lines arrive
 
 
-def configure_logging(fmt: str | None = None, level: str | int | None = None) -> None:
+def _sdk_core_fields(_logger: Any, _name: str,
+                     event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A forwarded SDK core record carries its entry as `temporal_log`: keep its target (the
+    core's module) and its fields as JSON values instead of the object's repr."""
+    entry = event_dict.pop("temporal_log", None)
+    if entry is not None:
+        event_dict["target"] = getattr(entry, "target", None)
+        try:
+            fields = dict(entry.fields)
+        except Exception:  # noqa: BLE001 - the SDK says this should not happen; keep the line
+            fields = {}
+        if fields:
+            event_dict["fields"] = {k: v if isinstance(v, str | int | float | bool) or v is None
+                                    else str(v) for k, v in fields.items()}
+    return event_dict
+
+
+def configure_logging(fmt: str | None = None, level: str | int | None = None,
+                      stream: IO[str] | None = None) -> None:
     """Configure structlog and route stdlib logging through it. Safe to call more than once.
 
     `fmt`: "json" or "console" (default: settings' DUBAN_LOG_FORMAT). `level`: a name or number
-    (default: DUBAN_LOG_LEVEL or INFO).
+    (default: DUBAN_LOG_LEVEL or INFO). `stream`: where lines go (default: stderr).
     """
     if fmt is None:
         from infra.settings import get_settings
@@ -38,6 +63,7 @@ def configure_logging(fmt: str | None = None, level: str | int | None = None) ->
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.stdlib.ExtraAdder(),
+        _sdk_core_fields,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
@@ -64,7 +90,7 @@ def configure_logging(fmt: str | None = None, level: str | int | None = None) ->
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(formatter)
     handler.set_name("duban")
     root = logging.getLogger()

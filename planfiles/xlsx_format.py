@@ -24,6 +24,9 @@ from pydantic import BaseModel, ValidationError
 
 from domain.calendar import DEFAULT_TZ
 from domain.plan import (
+    ADDRESS_FIELDS,
+    Addresses,
+    Directory,
     Member,
     NodeSpec,
     Plan,
@@ -301,6 +304,23 @@ def _roles_text(v: Any) -> Any:
     return "，".join(ROLE_LABELS[r] for r in v) if v else None
 
 
+def _emails(v: Any) -> tuple[str, ...] | None:
+    s = _text(v)
+    if s is None:
+        return None
+    return tuple(x for x in re.split(r"[,，、;；\s]+", s) if x)
+
+
+# Delivery addresses (通讯录), on both the 单位 and the 人员 sheet; read into `Plan.directory`.
+ADDRESS_COLS = (
+    _Col("邮箱", "email", _emails, _join,
+         "电子邮箱，多个用逗号分隔；督办单作为附件发送到这些邮箱", 26),
+    _Col("Webhook", "webhook", _text, _opt_text,
+         "工作群机器人等的 Webhook 地址（https://…）；督办单以签名的 JSON 推送", 36),
+    _Col("Webhook密钥变量", "webhook_secret_env", _text, _opt_text,
+         "保存该 Webhook 签名密钥的环境变量名（如 DUBAN_HOOK_T01）；密钥本身不写入计划", 18),
+)
+
 UNIT_COLS = (
     _Col("编码", "code", _text, _ident, "单位编码：字母、数字、-、_，如 t01、t01-v03", 12, True),
     _Col("名称", "name", _text, _ident, "单位全称", 26, True),
@@ -315,6 +335,7 @@ UNIT_COLS = (
         choices=tuple(UNIT_KIND_LABELS.values()),
     ),
     _Col("上级单位", "parent", _text, _opt_text, "上级单位编码（村、社区填所属乡镇街道）", 12),
+    *ADDRESS_COLS,
 )
 MEMBER_COLS = (
     _Col("账号", "actor", _text, _ident, "登录账号：字母、数字和 . _ - @，如 li.wei.t01", 22, True),
@@ -328,6 +349,7 @@ MEMBER_COLS = (
         "逗号分隔：" + "、".join(ROLE_LABELS.values()) + "；空白即成员",
         16,
     ),
+    *ADDRESS_COLS,
 )
 TASK_COLS = (
     _Col("编码", "code", _text, _ident, "任务编码：字母、数字、-、_", 10, True),
@@ -477,8 +499,11 @@ def plan_to_xlsx_bytes(plan: Plan) -> bytes:
     assert ws is not None
     ws.title = "计划"
     _write_plan_sheet(ws, plan)
-    _write_table(wb.create_sheet("单位"), UNIT_COLS, [u.model_dump() for u in plan.units])
-    _write_table(wb.create_sheet("人员"), MEMBER_COLS, [m.model_dump() for m in plan.roster])
+    units, members = plan.directory.units, plan.directory.members
+    _write_table(wb.create_sheet("单位"), UNIT_COLS,
+                 [{**u.model_dump(), **_address_cells(units.get(u.code))} for u in plan.units])
+    _write_table(wb.create_sheet("人员"), MEMBER_COLS,
+                 [{**m.model_dump(), **_address_cells(members.get(m.actor))} for m in plan.roster])
     _write_table(
         wb.create_sheet("任务"), TASK_COLS, [t.model_dump(exclude={"nodes"}) for t in plan.tasks]
     )
@@ -491,6 +516,10 @@ def plan_to_xlsx_bytes(plan: Plan) -> bytes:
     buf = io.BytesIO()
     wb.save(buf)
     return _reproducible(buf.getvalue())
+
+
+def _address_cells(addresses: Addresses | None) -> dict[str, Any]:
+    return addresses.model_dump() if addresses is not None else {}
 
 
 def _reproducible(data: bytes) -> bytes:
@@ -685,6 +714,25 @@ class _Reader:
     def note(self, where: str, sheet: str, row: int) -> None:
         self.sources.setdefault(where, []).append(f"sheet {sheet}, row {row}")
 
+    def addresses(
+        self, data: dict[str, Any], sheet: str, row: int, colmap: Mapping[str, int]
+    ) -> tuple[dict[str, Any], Addresses | None]:
+        """Take the address cells out of a 单位/人员 row: (the rest of the row, its addresses)."""
+        found = {k: data.pop(k) for k in ADDRESS_FIELDS if k in data}
+        if not found:
+            return data, None
+        headers = {c.field: c.header for c in ADDRESS_COLS}
+        return data, self.model(Addresses, found, sheet, row, colmap, headers)
+
+    def note_addresses(self, where: str, sheet: str, row: int,
+                       colmap: Mapping[str, int]) -> None:
+        """Each address column of the row, so a bad address is reported in its own cell."""
+        for col in ADDRESS_COLS:
+            idx = colmap.get(col.field)
+            if idx is not None:
+                self.sources.setdefault(f"{where}.{col.field}", []).append(
+                    _at(sheet, row, idx, col.header))
+
 
 def read_plan_xlsx(path: Path | str) -> Plan:
     return read_xlsx_with_sources(Path(path))[0]
@@ -708,19 +756,29 @@ def read_xlsx_with_sources(path: Path) -> tuple[Plan, SourceMap]:
     tz = str(plan_fields.get("timezone", DEFAULT_TZ))
 
     units: list[Unit] = []
+    unit_addresses: dict[str, Addresses] = {}
     for r, data, colmap in rd.table(wb["单位"], UNIT_COLS):
+        data, addresses = rd.addresses(data, "单位", r, colmap)
         u = rd.model(Unit, data, "单位", r, colmap, {c.field: c.header for c in UNIT_COLS})
         if u is not None:
             units.append(u)
             rd.note(f"units.{u.code}", "单位", r)
+            if addresses is not None:
+                unit_addresses[u.code] = addresses
+                rd.note_addresses(f"units.{u.code}", "单位", r, colmap)
 
     roster: list[Member] = []
+    member_addresses: dict[str, Addresses] = {}
     if "人员" in wb.sheetnames:
         for r, data, colmap in rd.table(wb["人员"], MEMBER_COLS):
+            data, addresses = rd.addresses(data, "人员", r, colmap)
             m = rd.model(Member, data, "人员", r, colmap, {c.field: c.header for c in MEMBER_COLS})
             if m is not None:
                 roster.append(m)
                 rd.note(f"roster.{m.actor}", "人员", r)
+                if addresses is not None:
+                    member_addresses[m.actor] = addresses
+                    rd.note_addresses(f"roster.{m.actor}", "人员", r, colmap)
 
     task_rows = rd.table(wb["任务"], TASK_COLS)
     task_codes = {d["code"] for _, d, _ in task_rows if "code" in d}
@@ -771,6 +829,7 @@ def read_xlsx_with_sources(path: Path) -> tuple[Plan, SourceMap]:
         "units": tuple(units),
         "roster": tuple(roster),
         "tasks": tuple(tasks),
+        "directory": Directory(units=unit_addresses, members=member_addresses),
     }
     try:
         plan = Plan.model_validate(plan_data)

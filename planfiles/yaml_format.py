@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from domain.plan import (
+    ADDRESS_FIELDS,
     Plan,
 )
 from planfiles.errors import PlanReadError, SourceMap, pydantic_lines
@@ -71,8 +72,18 @@ def _flow(value: Any) -> Any:
 
 
 def plan_to_yaml(plan: Plan) -> str:
-    """The plan as YAML: tasks in block style, units, members and nodes one per line."""
+    """The plan as YAML: tasks in block style, units, members and nodes one per line; each
+    unit's and member's delivery addresses on its own line (`Plan.directory`)."""
     data = _fields(plan, always=("timezone",))
+    data.pop("directory", None)
+    left = {"units": dict(plan.directory.units), "members": dict(plan.directory.members)}
+    for section, kind, ident in (("units", "units", "code"), ("roster", "members", "actor")):
+        for item in data.get(section) or []:
+            found = left[kind].pop(item.get(ident), None)
+            if found is not None:
+                item.update(_fields(found))
+    if left["units"] or left["members"]:  # addresses of no unit or member: keep them visible
+        data["directory"] = _flow({k: v for k, v in left.items() if v})
     data["recheck"] = _flow(plan.recheck.model_dump())
     data["tasks"] = [
         {**_fields(t, always=("ladder",)), **({"nodes": _flow(t.nodes)} if t.nodes else {})}
@@ -102,15 +113,64 @@ def read_yaml_with_sources(path: Path) -> tuple[Plan, SourceMap]:
         raise PlanReadError(path, [f"not valid YAML: {e}"]) from e
     if not isinstance(data, dict) or root is None:
         raise PlanReadError(path, ["a plan must be a mapping (code, title, start, units, tasks)"])
+    origin, problems = _lift_addresses(data, root)
+    if problems:
+        raise PlanReadError(path, problems)
     try:
         plan = Plan.model_validate(data)
     except ValidationError as e:
 
         def where(loc: tuple[int | str, ...]) -> str:
+            # Addresses lifted off a unit or member are reported where they were written.
+            if len(loc) >= 3 and loc[0] == "directory" and (loc[1], loc[2]) in origin:
+                loc = (*origin[(loc[1], loc[2])], *loc[3:])
             return f"line {_yaml_line(root, loc)}, {_yaml_path(data, loc)}"
 
         raise PlanReadError(path, pydantic_lines(e, where)) from e
     return plan, _yaml_sources(root)
+
+
+def _lift_addresses(
+    data: dict[str, Any], root: yaml.Node
+) -> tuple[dict[tuple[int | str, int | str], tuple[str, int]], list[str]]:
+    """Move `email`/`webhook`/`webhook_secret_env` written on a unit or a roster member into
+    the plan's `directory` (units and members are recorded in task specs; addresses are not).
+    Returns where each lifted entry came from, and the problems that stop reading."""
+    origin: dict[tuple[int | str, int | str], tuple[str, int]] = {}
+    problems: list[str] = []
+    given = data.get("directory")
+    directory: dict[str, Any] = dict(given) if isinstance(given, dict) else {}
+    for section, kind, ident in (("units", "units", "code"), ("roster", "members", "actor")):
+        items = data.get(section)
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            if "webhook_secret" in item:
+                problems.append(
+                    f"line {_yaml_line(root, (section, i, 'webhook_secret'))}, "
+                    f"{_yaml_path(data, (section, i, 'webhook_secret'))}: a secret never goes "
+                    "in the plan: put it in an environment variable of the delivery worker and "
+                    "name that variable in webhook_secret_env")
+                continue
+            found = {k: item[k] for k in ADDRESS_FIELDS if k in item}
+            code = item.get(ident)
+            if not found or not isinstance(code, str):
+                continue  # no addresses, or no code: the model reports what is wrong
+            for k in found:
+                del item[k]
+            entries = directory.setdefault(kind, {})
+            if not isinstance(entries, dict) or code in entries:
+                problems.append(
+                    f"line {_yaml_line(root, (section, i))}, {_yaml_path(data, (section, i))}: "
+                    f"addresses for {code!r} are given twice (here and under directory)")
+                continue
+            entries[code] = found
+            origin[(kind, code)] = (section, i)
+    if directory:
+        data["directory"] = directory
+    return origin, problems
 
 
 def _yaml_line(root: yaml.Node, loc: Sequence[int | str]) -> int:
@@ -185,6 +245,10 @@ def _yaml_sources(root: yaml.Node) -> SourceMap:
             if code is None:
                 continue
             add(f"{section}.{code}", item)
+            for field in ADDRESS_FIELDS if section != "tasks" else ():
+                value = child(item, field)
+                if value is not None:
+                    add(f"{section}.{code}.{field}", value)
             nodes = child(item, "nodes") if section == "tasks" else None
             if isinstance(nodes, yaml.SequenceNode):
                 for n in nodes.value:

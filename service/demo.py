@@ -1,5 +1,5 @@
-"""`make demo`: a dev server, the store, a worker, the web app and the demo plan, then "where
-to look", with one ready sign-in per role (issued afresh on every run).
+"""`make demo`: a dev server, the store, a worker, the web app, the delivery worker and the
+demo plan, then "where to look", with one ready sign-in per role (issued afresh on every run).
 
 Re-running while a previous demo's server/worker still run reuses them. Ctrl-C (or SIGTERM)
 stops only what this run started, by pid, and removes their pid files.
@@ -47,6 +47,7 @@ log = get_logger("duban.demo")
 
 WORKER_PID_FILE = "worker.json"
 WEB_PID_FILE = "web.json"
+DELIVERY_PID_FILE = "delivery.json"
 # One sign-in per role printed at the end (not discipline: its view is the auditor's).
 SIGN_IN_ROLES = ("member", "head", "lead", "supervisor", "auditor", "office", "leader")
 # Roles whose holders see every unit's tasks (as web.auth.SEE_ALL): a "lead" sign-in that also
@@ -270,6 +271,40 @@ def _ensure_web(settings: Settings, address: str, started: list[Started]) -> str
     return url
 
 
+def _ensure_delivery(settings: Settings, address: str, started: list[Started]) -> None:
+    """The delivery worker (`starter.py deliver`) beside the worker: it only reads the store's
+    outbox (no Temporal), so it needs no readiness check beyond staying alive."""
+    home = settings.home
+    pid_file = home / DELIVERY_PID_FILE
+    info = read_pid_file(pid_file)
+    if info is not None and pid_alive(info["pid"], expect_in_cmdline="starter.py deliver"):
+        if info.get("database_url") == settings.database_url:
+            log.info("reusing delivery worker", pid=info["pid"])
+            return
+        log.warning("stopping stale demo delivery worker", pid=info["pid"])
+        terminate_pid(info["pid"])
+    log_file = home / "delivery.log"
+    with open(log_file, "ab") as out:
+        popen = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "starter.py"), "deliver"],
+            cwd=REPO_ROOT,
+            env=_env(settings, address),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to the demo, which stops it itself
+        )
+    write_pid_file(pid_file, pid=popen.pid, database_url=settings.database_url)
+
+    def alive() -> bool:
+        return popen.poll() is None
+
+    started.append(Started("delivery worker",
+                           lambda: terminate_pid(popen.pid, timeout=10, popen=popen),
+                           pid_file, alive, log_file, popen.poll))
+    log.info("started delivery worker", pid=popen.pid, log=str(log_file))
+
+
 def _answers(url: str) -> bool:
     """True if the web app at `url` serves its sign-in page."""
     if not url:
@@ -403,9 +438,11 @@ def _where_to_look(settings: Settings, address: str, ui_url: str | None, plan: P
         f"    .venv/bin/temporal workflow list --address {address} --query \"DubanLight='red' AND ExecutionStatus='Running'\"",
         "  督办单 notices, the outbox and the event store land in:",
         f"    {store}",
+        "  Delivery (送达: e-mail DUBAN_SMTP_*, webhooks; dead letters):",
+        f"    {py} starter.py deliver --dead",
         "  Logs                : "
         f"{settings.home / 'worker.log'}, {settings.home / 'web.log'}, "
-        f"{settings.home / 'devserver.log'}",
+        f"{settings.home / 'delivery.log'}, {settings.home / 'devserver.log'}",
         "",
         "  Ctrl-C stops what this run started (reused processes keep running).",
         "========================================================",
@@ -445,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         env = _env(settings, address)
         _starter(env, "store", "init")
         _ensure_worker(settings, address, started)
+        _ensure_delivery(settings, address, started)
         web_url = _ensure_web(settings, address, started)
         plan = settings.home / "demo-plan.yaml"
         if not plan.exists():

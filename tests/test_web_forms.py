@@ -396,3 +396,33 @@ def test_evidence_store_keeps_one_copy_per_hash(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [a.sha256, f"{a.sha256}.json"]
     assert evidence.candidate_tasks(tmp_path, a.sha256) == ["P/T1/u1", "P/T1/u2"]
     assert evidence.path_of(tmp_path, "../etc/passwd") is None
+
+
+async def test_a_member_signs_for_a_notice_and_a_missed_one_shows_on_page_and_board(
+        site: Web) -> None:
+    spec = await start_task(site, due_days=(2,), progress=(100,))
+    now = await site.env.get_current_time()
+    await site.env.sleep(spec.nodes[0].due - now + dt.timedelta(hours=1))  # the 提醒 fires
+    await until(lambda: any(e["type"] == "EscalationFired" for e in site.events(spec.task_id)),
+                "the reminder recorded")
+    [remind] = [e for e in site.events(spec.task_id) if e["type"] == "EscalationFired"]
+    member = await site.signed_in("unit.member")
+    shown = await page(member, spec.task_id)
+    assert f'action="{task_url(spec.task_id)}/commands/sign_notice"' in shown.text
+    assert "待签收" in shown.text
+    r = await post_form(member, spec.task_id, "sign_notice",
+                        {"step_key": remind["step_key"], "note": "已收悉"})
+    assert r.status_code == 303, r.text[:300]
+    [signed] = [e for e in site.events(spec.task_id) if e["type"] == "NoticeSignedFor"]
+    assert (signed["actor"], signed["step_key"], signed["note"]) == (
+        "unit.member", remind["step_key"], "已收悉")
+    # the 督办单 after it is left unanswered past its 反馈时限
+    await site.env.sleep(dt.timedelta(days=10))
+    await until(lambda: any(e["type"] == "NoticeReplyMissed" for e in site.events(spec.task_id)),
+                "the missed reply recorded")
+    shown = (await page(member, spec.task_id)).text
+    assert "于" in shown and "签收" in shown and "逾期未签收、未反馈" in shown
+    office = await site.signed_in("office.staff")
+    board = (await office.get("/", params={"plan": spec.plan_code})).text
+    m = re.search(r'data-stat="missed_replies">(\d+)<', board)
+    assert m and int(m.group(1)) >= 1, "the board counts the missed reply"

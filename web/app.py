@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from service import users
-from web import board, evidence, forms, inspection_forms, task_pages
+from web import board, evidence, forms, inspection_forms, notice_pages, task_pages
 from web.auth import SESSION_COOKIE, SignInRequired, now
 from web.context import WebContext
 from web.templating import render
@@ -83,6 +83,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(forms.router)
     app.include_router(inspection_forms.router)
     app.include_router(evidence.router)
+    app.include_router(notice_pages.router)
     return app
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from service.delivery import delivery_counts
 from web import board_data as bd
 from web import export, gantt
 from web.access import task_url
@@ -26,6 +27,8 @@ router.include_router(gantt.router)
 router.include_router(export.router)
 
 TASK_PAGE_SIZE = bd.PAGE_SIZE
+# Who sees the count of undeliverable 督办单 on the board (they can act on it).
+DELIVERY_WATCHERS = frozenset({"office", "supervisor"})
 
 
 def percent(value: float) -> str:
@@ -65,6 +68,9 @@ def board_page(request: Request, viewer: ViewerDep) -> Response:
         late = bd.overdue(conn, cond, moment, opage.offset, opage.size)
         town_options = bd.township_options(conn, sc)
         task_options = bd.task_options(conn, sc)
+        # 送达失败: the plan's dead letters, for those who run the office (see service/delivery).
+        dead_letters = (delivery_counts(conn, plan_code=sc.plan["code"])["dead"]
+                        if viewer.roles & DELIVERY_WATCHERS else None)
         bd.keep_statistics(conn)
     pages = {"page": upage.number, "tpage": tpage.number, "opage": opage.number}
     return render(
@@ -73,7 +79,7 @@ def board_page(request: Request, viewer: ViewerDep) -> Response:
         upage=upage, grid=grid, late=late, opage=opage, town_options=town_options,
         task_options=task_options, legend=bd.ladder_legend([c["ladder"] for c in columns]),
         filter_text=bd.describe(sc.filters, town_options, task_options),
-        level_options=bd.LEVEL_OPTIONS, now=moment,
+        level_options=bd.LEVEL_OPTIONS, now=moment, dead_letters=dead_letters,
         link=lambda **change: _pages_query(sc.filters, pages, **change),
     )
 

@@ -336,7 +336,13 @@ def rate(done: int, total: int) -> float:
 
 def totals(conn: Connection, cond: ColumnElement[bool]) -> dict[str, Any]:
     row = conn.execute(select(*_counts()).where(cond)).mappings().one()
-    return _with_rate(row)
+    out = _with_rate(row)
+    # 逾期未反馈: notices neither signed for nor answered by their 反馈时限 (apart from the
+    # counts above, which the covering indexes answer alone).
+    missed = select(func.coalesce(func.sum(tasks_t.c.missed_replies), 0)).where(
+        cond, tasks_t.c.missed_replies > 0)
+    out["missed_replies"] = int(conn.execute(missed).scalar_one())
+    return out
 
 
 def _name_of(column: str, name: str, plan: str) -> Any:

@@ -34,6 +34,7 @@ FIELD_MESSAGES: dict[str, str] = {
     "granted_due": "日期无效",
     "approve": "请选择审批结论",
     "finding_id": "请选择问题",
+    "step_key": "请选择要签收的督办",
     "passed": "请选择核查结论",
     "place": "请填写检查地点（最多 500 字）",
     "visited_at": "请填写检查时间",

@@ -157,6 +157,12 @@ def _parse_verify_rectification(v: dict[str, str]) -> Parsed:
                                            "note": v.get("note", "")}, errors)
 
 
+def _parse_sign_notice(v: dict[str, str]) -> Parsed:
+    errors: dict[str, str] = {}
+    key = _required(v, "step_key", errors, FIELD_MESSAGES["step_key"])
+    return Parsed("sign_notice", {"step_key": key, "note": v.get("note", "")}, errors)
+
+
 PARSERS: dict[str, Callable[[dict[str, str]], Parsed]] = {
     "acknowledge": _parse_acknowledge,
     "progress": _parse_progress,
@@ -166,6 +172,7 @@ PARSERS: dict[str, Callable[[dict[str, str]], Parsed]] = {
     "acceptance": _parse_acceptance,
     "decide_extension": _parse_decide_extension,
     "verify_rectification": _parse_verify_rectification,
+    "sign_notice": _parse_sign_notice,
 }
 
 

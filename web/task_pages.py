@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from activities.notice_document import number_text
 from audit.rules_check import RulesReport, check_rules
 from audit.timeline import AuditInputError, events_as_of, fmt_local, parse_as_of
 from domain import commands as c
@@ -27,7 +28,7 @@ from domain import events as ev
 from domain.authz import authorise
 from domain.evolve import evolve
 from domain.plan import TaskSpec
-from domain.state import TaskState
+from domain.state import NoticeState, TaskState
 from web.access import can_see, task_url
 from web.auth import Viewer, ViewerDep, ctx_of
 from web.context import WebContext
@@ -76,6 +77,7 @@ FORMS: dict[str, tuple[str, tuple[type[c.Command], ...]]] = {
     "decide_extension": ("延期审批", (c.DecideExtension,)),
     "verify_rectification": ("整改核查", (c.VerifyRectification,)),
     "inspect": ("四不两直督查", (c.RecordInspection,)),
+    "sign_notice": ("签收督办", (c.SignNotice,)),
 }
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -233,7 +235,25 @@ def describe(e: ev.Event, w: Words) -> str:  # noqa: C901, PLR0911, PLR0912 - on
             return (f"指令 {e.command} 被拒（{REFUSAL_CODES.get(e.code, e.code)}）：{e.reason}")
         case ev.CalendarUpdated():
             return "启用新的工作日历" + (f"：{e.note}" if e.note else "")
+        case ev.NoticeSignedFor():
+            return f"签收督办 {e.step_key}" + (f"：{e.note}" if e.note else "")
+        case ev.NoticeReplyMissed():
+            return (f"督办 {e.step_key}（{t(e.issued_at)} 下发）至反馈时限 {t(e.reply_by)} "
+                    f"仍未签收、未反馈")
     return type(e).__name__
+
+
+def _reply_state(notice: NoticeState | None, w: Any) -> tuple[str, str]:
+    """签收/反馈 of a notice in words, and its style: signed for, answered, missed, awaited."""
+    if notice is None:
+        return "—", ""
+    if notice.signed_at is not None:
+        return f"{w.who(notice.signed_by or '')} 于 {w.t(notice.signed_at)} 签收", "ok"
+    if notice.answered_at is not None:
+        return f"已于 {w.t(notice.answered_at)} 反馈", "ok"
+    if notice.missed_at is not None:
+        return "逾期未签收、未反馈", "bad"
+    return ("待签收" if notice.reply_by is not None else "—"), ""
 
 
 def proof_text(e: ev.Event) -> str:
@@ -385,6 +405,9 @@ def build(ctx: WebContext, record: TaskRecord, as_of: AsOf) -> PageData:  # noqa
         doc = documents.get(x["step_key"])
         if doc is not None:
             x["document"] = doc["document"]
+            # The printable 督办单 (A4 page and PDF), under its number if it has one.
+            x["notice_id"], x["number"] = doc["id"], number_text(doc)
+        x["reply"], x["reply_class"] = _reply_state(state.notice(x["step_key"]), w)
     at = as_of.moment or ctx.clock()
     step_titles = {st.code: st.title for ladder in spec.ladders.values() for st in ladder.steps}
     nodes = []
@@ -467,6 +490,10 @@ def form_choices(state: TaskState) -> dict[str, list[dict[str, str]]]:
             for n in state.nodes if n.pending_extension is not None],
         "open_findings": [finding(f) for f in state.findings if f.status == "open"],
         "reported_findings": [finding(f) for f in state.findings if f.status == "reported"],
+        "unsigned_notices": [
+            {"value": n.step_key,
+             "label": f"{n.step_key}（{local_text(n.issued_at, state.spec.timezone)} 下发）"}
+            for n in state.notices if n.signed_at is None],
     }
 
 
@@ -484,6 +511,7 @@ def visible_forms(viewer: Viewer, spec: TaskSpec, state: TaskState) -> list[str]
         "decide_extension": bool(ch["pending_extensions"]),
         "verify_rectification": bool(ch["reported_findings"]),
         "inspect": state.status != "closed",
+        "sign_notice": bool(ch["unsigned_notices"]) and state.status != "closed",
     }
     return [name for name in FORMS if name in allowed and needs.get(name, False)]
 

@@ -4,7 +4,8 @@
 read models rebuilt from it at will; `notices` and `outbox` make side effects at-most-once;
 `archives` keeps engine histories beyond Temporal's retention. `people` is the roster read model
 (written when a plan is loaded); `credentials`, `sign_ins` and `web_sessions` are the web app's
-sign-in state (only hashes of passwords and session tokens are stored).
+sign-in state (only hashes of passwords and session tokens are stored). `directory` is each
+plan's 通讯录 (delivery addresses) and `deliveries` the copies the delivery worker sends.
 
 The migration in migrations/versions must match these models (a test compares them).
 """
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -151,6 +153,8 @@ class TaskRow(Base):
     open_findings: Mapped[int] = mapped_column(Integer, default=0)
     last_seq: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # 督办单 that missed their 反馈时限 (migration 0005; rows written before read 0).
+    missed_replies: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class InspectionRow(Base):
@@ -185,10 +189,18 @@ class FindingRow(Base):
 
 
 class NoticeRow(Base):
-    """A 督办单 issued. Unique (task_id, step_key): a notice exists at most once per step."""
+    """A 督办单 issued. Unique (task_id, step_key): a notice exists at most once per step.
+
+    A 督办单 (action "notice") is numbered per plan and local year of its rung, 〔2026〕第15号,
+    when first recorded (migration 0005); reminders and rows recorded before have no number.
+    `signed_at`/`signed_by`: 签收 by the responsible unit; `reply_missed_at`: when it was found
+    neither signed for nor answered by its 反馈时限."""
 
     __tablename__ = "notices"
-    __table_args__ = (UniqueConstraint("task_id", "step_key", name="uq_notices_task_step"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "step_key", name="uq_notices_task_step"),
+        UniqueConstraint("plan_code", "year", "number", name="uq_notices_plan_year_number"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(200))
@@ -201,6 +213,12 @@ class NoticeRow(Base):
     document: Mapped[str] = mapped_column(Text)
     reply_by: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    plan_code: Mapped[str | None] = mapped_column(String(100))
+    year: Mapped[int | None] = mapped_column(Integer)
+    number: Mapped[int | None] = mapped_column(Integer)
+    signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    signed_by: Mapped[str | None] = mapped_column(String(200))
+    reply_missed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class OutboxRow(Base):
@@ -211,6 +229,8 @@ class OutboxRow(Base):
         UniqueConstraint(
             "task_id", "step_key", "channel", "recipient", name="uq_outbox_task_step_to"
         ),
+        # The delivery worker looks only at open rows (migration 0006).
+        Index("ix_outbox_delivered_at", "delivered_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -303,6 +323,61 @@ class WebSessionRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DirectoryRow(Base):
+    """Read model: the 通讯录 of each loaded plan (migration 0006), one row per unit and per
+    roster member, with their delivery addresses and (members) unit and roles; rewritten whole
+    for a plan when it is loaded, before its tasks start, so the delivery worker can resolve a
+    notice's recipients ("t02:unit_head", "leader") without the task's recorded spec."""
+
+    __tablename__ = "directory"
+
+    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)  # "unit" | "member"
+    code: Mapped[str] = mapped_column(String(200), primary_key=True)  # unit code or actor
+    unit: Mapped[str] = mapped_column(String(100))  # the unit itself, or the member's unit
+    name: Mapped[str] = mapped_column(Text)
+    roles: Mapped[list[Any]] = mapped_column(JSON)
+    emails: Mapped[list[Any]] = mapped_column(JSON)
+    webhook: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_env: Mapped[str | None] = mapped_column(String(100))
+    loaded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class DeliveryRow(Base):
+    """One copy of an outbox message to one address (migration 0006): outbox row × channel ×
+    address. `idempotency_key` is stable per copy and goes out with every attempt (e-mail
+    Message-ID, webhook Idempotency-Key), so a repeated attempt is recognised by the receiver.
+    Status: pending → attempting (claimed, `lease_until`) → delivered, or failed (retried at
+    `next_attempt_at`), or dead (the dead-letter list) after the last attempt."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("outbox_id", "channel", "address", name="uq_deliveries_copy"),
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_deliveries_plan_status", "plan_code", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[int] = mapped_column(Integer, index=True)
+    plan_code: Mapped[str] = mapped_column(String(100))
+    task_id: Mapped[str] = mapped_column(String(200))
+    step_key: Mapped[str] = mapped_column(String(200))
+    recipient: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(20))  # inbox | email | webhook | none
+    address: Mapped[str] = mapped_column(Text)
+    secret_env: Mapped[str | None] = mapped_column(String(100))
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata

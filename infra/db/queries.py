@@ -7,9 +7,10 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from infra.db.models import TaskRow
+from infra.db.models import InspectionRow, TaskRow
 
 tasks_t = TaskRow.__table__
+inspections_t = InspectionRow.__table__
 
 _URGENCY = case({"red": 0, "yellow": 1, "green": 2}, value=tasks_t.c.light, else_=3)
 
@@ -82,3 +83,29 @@ def board(engine: Engine, *, plan_code: str | None = None) -> list[dict[str, Any
                               key=lambda r: r["task_code"]),
         })
     return out
+
+
+def task_counts(engine: Engine) -> list[dict[str, Any]]:
+    """Tasks and their open findings per (plan, township, light, status): one GROUP BY over the
+    `tasks` read model (the metrics' gauges; `ix_tasks_plan_town_unit` covers all but
+    open_findings)."""
+    q = select(tasks_t.c.plan_code, tasks_t.c.township, func.max(tasks_t.c.township_name)
+               .label("township_name"), tasks_t.c.light, tasks_t.c.status,
+               func.count().label("tasks"),
+               func.coalesce(func.sum(tasks_t.c.open_findings), 0).label("open_findings"),
+               func.coalesce(func.sum(tasks_t.c.missed_replies), 0).label("missed_replies"),
+               ).group_by(tasks_t.c.plan_code, tasks_t.c.township, tasks_t.c.light,
+                          tasks_t.c.status)
+    with engine.connect() as conn:
+        return [{**r._mapping, "tasks": int(r.tasks), "open_findings": int(r.open_findings),
+                 "missed_replies": int(r.missed_replies)} for r in conn.execute(q)]
+
+
+def inspection_counts(engine: Engine) -> list[dict[str, Any]]:
+    """Inspections per (plan, outcome): one GROUP BY over `inspections` joined to `tasks`."""
+    q = (select(tasks_t.c.plan_code, inspections_t.c.outcome,
+                func.count().label("inspections"))
+         .select_from(inspections_t.join(tasks_t, inspections_t.c.task_id == tasks_t.c.task_id))
+         .group_by(tasks_t.c.plan_code, inspections_t.c.outcome))
+    with engine.connect() as conn:
+        return [{**r._mapping, "inspections": int(r.inspections)} for r in conn.execute(q)]

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    func,
     select,
     text,
     update,
@@ -60,9 +61,11 @@ __all__ = [
     "EventStore",
     "GapError",
     "Head",
+    "NOTICE_NUMBER_SLOT",
     "ReadModel",
     "StoreError",
     "StoredEvent",
+    "notice_number_label",
 ]
 
 events_t = cast(Table, EventRow.__table__)
@@ -78,6 +81,18 @@ ARCHIVE_REASONS = frozenset({"closed", "continued_as_new", "manual"})
 # pg_advisory_xact_lock(class, hashtext(task_id)): the class keeps our keys apart from other
 # users of advisory locks ("DUBA").
 _PG_LOCK_CLASS = 0x44554241
+# ... and (class, hashtext(plan + year)) for numbering 督办单 ("DUBN").
+_PG_NUMBER_LOCK_CLASS = 0x4455424E
+# A writer that loses a number to another starts over; with the lock this is a rare event.
+_NUMBER_ATTEMPTS = 10
+
+# In a 督办单's document, where its number goes once the store has assigned it.
+NOTICE_NUMBER_SLOT = "〔编号〕"
+
+
+def notice_number_label(year: int, number: int) -> str:
+    """A 督办单's number as it is printed and cited: 〔2026〕第15号."""
+    return f"〔{year}〕第{number}号"
 
 _HEADER_TYPES: dict[str, type] = {
     "task_id": str,
@@ -434,8 +449,20 @@ class EventStore:
         document: str,
         node: str | None = None,
         reply_by: dt.datetime | None = None,
+        plan_code: str | None = None,
+        year: int | None = None,
+        numbered: bool = False,
     ) -> bool:
-        """Record a 督办单 for (task, step) unless one exists; True if this call created it."""
+        """Record a 督办单 for (task, step) unless one exists; True if this call created it.
+
+        With `numbered` (a 督办单, not a reminder) the new row gets the next number of its plan
+        and year, 〔year〕第n号, in the same transaction, and NOTICE_NUMBER_SLOT in `document`
+        becomes that label. A notice recorded before keeps its row and number whatever this
+        call says. Two writers of one plan and year are serialised (BEGIN IMMEDIATE on SQLite,
+        an advisory lock on PostgreSQL); the unique (plan, year, number) is the last line of
+        defence, and a writer that loses on it starts over with a fresh count."""
+        if numbered and (plan_code is None or year is None):
+            raise ValueError("a numbered notice needs its plan_code and year")
         row = {
             "task_id": task_id,
             "step_key": step_key,
@@ -447,8 +474,68 @@ class EventStore:
             "document": document,
             "reply_by": reply_by,
             "created_at": utcnow(),
+            "plan_code": plan_code,
+            "year": year,
+            "number": None,
         }
-        return self._insert_if_absent(notices_t, row, ["task_id", "step_key"])
+        for attempt in range(_NUMBER_ATTEMPTS):
+            try:
+                return self._record_notice_once(row, numbered)
+            except IntegrityError:
+                # Another writer took this number between our count and our insert.
+                if attempt == _NUMBER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_notice_once(self, row: dict[str, Any], numbered: bool) -> bool:
+        c = notices_t.c
+        with self._write() as conn:
+            existing = conn.execute(
+                select(c.id).where(c.task_id == row["task_id"], c.step_key == row["step_key"])
+            ).first()
+            if existing is not None:
+                return False
+            if numbered:
+                number = self._next_number(conn, row["plan_code"], row["year"])
+                row = {**row, "number": number, "document": row["document"].replace(
+                    NOTICE_NUMBER_SLOT, notice_number_label(row["year"], number))}
+            stmt = (
+                self._insert(notices_t)
+                .values(row)
+                .on_conflict_do_nothing(index_elements=["task_id", "step_key"])
+                .returning(c.id)
+            )
+            return conn.execute(stmt).first() is not None
+
+    def _next_number(self, conn: Connection, plan_code: str, year: int) -> int:
+        """The next 督办单 number of a plan's year. On PostgreSQL the numbering of one plan's
+        year is serialised by an advisory lock held to the end of the transaction (SQLite's
+        writers already are serialised): a second writer counts after the first commits."""
+        if self._pg:
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
+                {"cls": _PG_NUMBER_LOCK_CLASS, "key": f"{plan_code}\x1f{year}"},
+            )
+        c = notices_t.c
+        last = conn.execute(
+            select(func.max(c.number)).where(c.plan_code == plan_code, c.year == year)
+        ).scalar()
+        return int(last or 0) + 1
+
+    def notice(self, task_id: str, step_key: str) -> dict[str, Any] | None:
+        """The notice row of (task, step), or None."""
+        stmt = select(notices_t).where(
+            notices_t.c.task_id == task_id, notices_t.c.step_key == step_key)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+            return dict(row) if row is not None else None
+
+    def notice_by_id(self, notice_id: int) -> dict[str, Any] | None:
+        """The notice row with this id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(notices_t).where(notices_t.c.id == notice_id)).mappings().first()
+            return dict(row) if row is not None else None
 
     def add_outbox(
         self,
@@ -491,6 +578,25 @@ class EventStore:
             stmt = stmt.where(notices_t.c.task_id == task_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def note_notice_reply(self, task_id: str, step_key: str, *,
+                          signed_at: dt.datetime | None = None, signed_by: str | None = None,
+                          reply_missed_at: dt.datetime | None = None) -> bool:
+        """Mark a notice signed for (签收) or as having missed its 反馈时限, as its events say;
+        idempotent (a retried batch writes the same values). False if there is no such notice
+        (one fired before notices were recorded)."""
+        values: dict[str, Any] = {}
+        if signed_at is not None:
+            values |= {"signed_at": signed_at, "signed_by": signed_by}
+        if reply_missed_at is not None:
+            values["reply_missed_at"] = reply_missed_at
+        if not values:
+            return False
+        stmt = (update(notices_t)
+                .where(notices_t.c.task_id == task_id, notices_t.c.step_key == step_key)
+                .values(**values))
+        with self._write(task_id) as conn:
+            return bool(conn.execute(stmt).rowcount)
 
     def list_outbox(self, undelivered_only: bool = True) -> list[dict[str, Any]]:
         stmt = select(outbox_t).order_by(outbox_t.c.id)

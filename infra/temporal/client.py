@@ -11,6 +11,14 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -33,12 +41,43 @@ def command_size(payload: object) -> int:
     return len(DATA_CONVERTER.payload_converter.to_payloads([payload])[0].data)
 
 
-async def connect(settings: Settings | None = None) -> Client:
+def make_runtime(settings: Settings | None = None, *, metrics: bool = True) -> tuple[Runtime, int]:
+    """The worker's SDK runtime: the core's own metrics on a Prometheus endpoint of their own
+    (settings' metrics_host:sdk_metrics_port; port 0 picks a free one) and the core's log lines
+    (at settings' sdk_log_level and above) forwarded into the stdlib logger `SDK_CORE_LOGGER`,
+    which `configure_logging` renders like every other line. Returns it with the bound port
+    (0 without metrics). One per process: each runtime has its own core threads."""
+    import logging
+
+    from infra.logging import SDK_CORE_LOGGER
+    from infra.temporal.devserver import free_port
+
+    s = settings or get_settings()
+    port = 0
+    prometheus = None
+    if metrics:
+        port = s.sdk_metrics_port or free_port(s.metrics_host)
+        # Conventional names: counters end in _total, durations are seconds.
+        prometheus = PrometheusConfig(bind_address=f"{s.metrics_host}:{port}",
+                                      counters_total_suffix=True, durations_as_seconds=True)
+    forward = LogForwardingConfig(
+        logger=logging.getLogger(SDK_CORE_LOGGER), append_target_to_name=False,
+        prepend_target_on_message=False, append_log_fields_to_message=False)
+    telemetry = TelemetryConfig(
+        logging=LoggingConfig(filter=TelemetryFilter(core_level=s.sdk_log_level,
+                                                     other_level="ERROR"),
+                              forwarding=forward),
+        metrics=prometheus)
+    return Runtime(telemetry=telemetry), port
+
+
+async def connect(settings: Settings | None = None, runtime: Runtime | None = None) -> Client:
     s = settings or get_settings()
     return await Client.connect(
         s.temporal_address,
         namespace=s.temporal_namespace,
         data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
 
 
