@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from activities.notices import lateness, recipient_label
 from domain import events as ev
+from domain.calendar import local_text
 from domain.evolve import evolve
 from domain.projection import notice_context
 from domain.state import TaskState
@@ -83,17 +84,6 @@ class NoticeSheet:
         return f"dubandan-{safe}.pdf"
 
 
-def local_time(moment: dt.datetime | None, tz: str) -> str:
-    """A time in the plan's zone; a deadline at local midnight reads as 24:00 of the day
-    before, as deadlines are written ("3月31日前")."""
-    if moment is None:
-        return "—"
-    local = moment.astimezone(ZoneInfo(tz))
-    if local.time() == dt.time(0, 0):
-        return f"{local.date() - dt.timedelta(days=1):%Y-%m-%d} 24:00"
-    return f"{local:%Y-%m-%d %H:%M}"
-
-
 def deadline_text(moment: dt.datetime | None, tz: str) -> str:
     """反馈时限 with its weekday: "2026-09-20（星期日）24:00前"."""
     if moment is None:
@@ -141,7 +131,7 @@ def notice_sheet(notice_row: Mapping[str, Any], record: NoticeRecord) -> NoticeS
     if notice_row.get("signed_at") is not None:
         who = notice_row.get("signed_by") or ""
         person = f"{names[who]}（{who}）" if who in names else who
-        signed = f"{local_time(notice_row['signed_at'], tz)} {person}".strip()
+        signed = f"{local_text(notice_row['signed_at'], tz)} {person}".strip()
     missed = notice_row.get("reply_missed_at")
     if fired.target_kind == "node":
         node = state.node(fired.target)
@@ -160,13 +150,13 @@ def notice_sheet(notice_row: Mapping[str, Any], record: NoticeRecord) -> NoticeS
         task_title=spec.title, unit_name=spec.unit.name, unit_code=spec.unit.code,
         lead_unit_name=spec.lead_unit.name,
         target_kind=_TARGET_KINDS.get(fired.target_kind, fired.target_kind), target=target,
-        due=local_time(fired.due_since, tz), days_late=lateness(fired.due_since, fired.at),
+        due=local_text(fired.due_since, tz), days_late=lateness(fired.due_since, fired.at),
         demand=fired.demand or "按要求整改落实", reply_by=deadline_text(fired.reply_by, tz),
         ladder=ladder.title if ladder else fired.ladder, step_title=fired.title,
-        level=fired.level, recipients=recipients, issued_at=local_time(fired.at, tz),
+        level=fired.level, recipients=recipients, issued_at=local_text(fired.at, tz),
         issued_on=chinese_date(fired.at, tz), issued=fired.at.astimezone(ZoneInfo(tz)),
         signed=signed,
-        reply_missed=local_time(missed, tz) if missed is not None else None,
+        reply_missed=local_text(missed, tz) if missed is not None else None,
     )
 
 

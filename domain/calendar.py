@@ -223,6 +223,17 @@ def end_of_local_day(day: dt.date, tz: str = DEFAULT_TZ) -> dt.datetime:
     return local.astimezone(dt.UTC)
 
 
+def local_text(moment: dt.datetime | None, tz: str = DEFAULT_TZ) -> str:
+    """A time as people read it in the plan's zone; a deadline at local midnight (the instant
+    the next day begins, "3月31日前") reads as 24:00 of its own day, as the plan wrote it."""
+    if moment is None:
+        return "—"
+    local = moment.astimezone(ZoneInfo(tz))
+    if local.time() == dt.time(0, 0):
+        return f"{local.date() - dt.timedelta(days=1):%Y-%m-%d} 24:00"
+    return f"{local:%Y-%m-%d %H:%M}"
+
+
 def local_date(instant: dt.datetime, tz: str = DEFAULT_TZ) -> dt.date:
     """The local calendar date an instant falls in; an end-of-day deadline maps to its own day."""
     local = instant.astimezone(ZoneInfo(tz))

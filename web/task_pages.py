@@ -26,6 +26,7 @@ from audit.timeline import AuditInputError, events_as_of, fmt_local, parse_as_of
 from domain import commands as c
 from domain import events as ev
 from domain.authz import authorise
+from domain.calendar import local_text
 from domain.evolve import evolve
 from domain.plan import TaskSpec
 from domain.state import NoticeState, TaskState
@@ -126,17 +127,6 @@ def may(actor: str, spec: TaskSpec, cls: type[c.Command]) -> bool:
 
 
 # --- words -------------------------------------------------------------------------------------
-
-
-def local_text(moment: dt.datetime | None, tz: str) -> str:
-    """A time in the task's zone; an end-of-day deadline ("12月31日前", the instant the next
-    day begins) reads as 24:00 of its own day, as the plan wrote it, not 00:00 of the next."""
-    if moment is None:
-        return "—"
-    local = moment.astimezone(ZoneInfo(tz))
-    if local.time() == dt.time(0, 0):
-        return f"{local.date() - dt.timedelta(days=1):%Y-%m-%d} 24:00"
-    return f"{local:%Y-%m-%d %H:%M}"
 
 
 @dataclass
