@@ -5,11 +5,14 @@ Activities: workflow id, run id, task, plan, unit, activity and attempt are boun
 `structlog.contextvars` around the call, so every line the activity logs carries them (a sync
 activity runs in the worker's thread pool in a copy of this context).
 
-Workflows: the inbound interceptor logs what happened to a run — started, a signal or update
+Workflows: the inbound interceptor logs what happened to a run — started, an update
 received, completed / continued as new / failed — to the logger `duban.workflow`, with the same
 fields, and only when the workflow is *not replaying history*: a worker that lost its cache (or
 `audit verify`'s replayer) re-runs the history, and would otherwise log it all again. The
-workflow code itself logs nothing and stays as it is.
+workflow code itself logs nothing and stays as it is. Signals are not logged one by one: a
+continued run's first workflow task may deliver thousands of them, and a log line each made
+that task outlast the SDK's deadlock detector (2 s) in the 12,000-signal flood; each signal is
+on the record as the event it caused (or its `CommandRejected`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
     ExecuteWorkflowInput,
-    HandleSignalInput,
     HandleUpdateInput,
     Interceptor,
     WorkflowInboundInterceptor,
@@ -125,10 +127,6 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
         status = result.get("status") if isinstance(result, dict) else None
         _wlog("info", "workflow.completed", status=status)
         return result
-
-    async def handle_signal(self, input: HandleSignalInput) -> None:
-        _wlog("info", "workflow.signal", signal=input.signal)
-        await super().handle_signal(input)
 
     async def handle_update_handler(self, input: HandleUpdateInput) -> Any:
         try:
