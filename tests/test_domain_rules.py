@@ -177,8 +177,11 @@ def test_next_wakeup_is_the_earliest_change() -> None:
     assert next_wakeup(s, due - 3 * DAY) == due  # overdue, and the first rung
     sim = Sim(spec, T0)
     sim.run_until(due)
-    # next: the second rung (3 working days later)
-    assert next_wakeup(sim.state, due) == Offset(working_days=3).after(due)[0]
+    # next: the reminder's 反馈时限 (one working day), then the second rung (3 working days)
+    [remind] = sim.state.notices
+    assert remind.reply_by is not None and due < remind.reply_by < Offset(working_days=3).after(due)[0]
+    assert next_wakeup(sim.state, due) == remind.reply_by
+    assert next_wakeup(sim.state, due, reply_missed=False) == Offset(working_days=3).after(due)[0]
 
 
 def test_a_closed_task_never_wakes() -> None:
