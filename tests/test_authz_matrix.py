@@ -37,7 +37,7 @@ UNIT = {"unit.member", "unit.head"}
 ACCEPTORS = {"supervisor", "lead.head", "lead.member"}
 ALLOWED: dict[str, set[str]] = {
     "acknowledge": UNIT, "progress": UNIT, "claim": UNIT, "request_extension": UNIT,
-    "report_rectification": UNIT,
+    "report_rectification": UNIT, "sign_notice": UNIT,
     "accept": ACCEPTORS, "reject_claim": ACCEPTORS,
     "decide_extension": {"lead.head", "leader"},
     "inspect": {"supervisor"}, "verify_rectification": {"supervisor"}, "recheck": {"supervisor"},
@@ -79,6 +79,7 @@ def command(name: str, actor: str) -> c.Command:
         "verify_rectification": {"finding_id": "F1", "passed": True},
         "recheck": {"visited_at": NOW, "passed": True},
         "update_calendar": {"calendar": NEW_CALENDAR, "note": "2027年放假安排已公布"},
+        "sign_notice": {"step_key": REMINDER, "note": "已收悉"},
     }[name]  # type: ignore[assignment]
     return c.COMMANDS[name](actor=actor, **fields)  # type: ignore[arg-type]
 
@@ -123,12 +124,22 @@ def drawn_for_recheck() -> Sim:
     return sim
 
 
+REMINDER = "node:N1:0:remind"  # the first rung of N1, fired when it falls due
+
+
+def reminded() -> Sim:
+    sim = fresh()
+    sim.tick(DUE + DAY)
+    assert sim.state.notice(REMINDER) is not None
+    return sim
+
+
 READY: dict[str, Callable[[], Sim]] = {
     "acknowledge": fresh, "progress": fresh, "claim": fresh, "request_extension": fresh,
     "inspect": fresh, "accept": claimed, "reject_claim": claimed,
     "decide_extension": pending_extension, "report_rectification": with_finding(False),
     "verify_rectification": with_finding(True), "recheck": drawn_for_recheck,
-    "update_calendar": fresh,
+    "update_calendar": fresh, "sign_notice": reminded,
 }
 
 
@@ -138,7 +149,8 @@ def expected_reason(name: str, actor: str) -> list[str]:
     cls = c.COMMANDS[name].__name__
     if actor in ("stranger", "other.unit"):  # not on this task's roster at all
         return [repr(actor), "not on this plan's roster"]
-    if name in ("acknowledge", "progress", "claim", "request_extension", "report_rectification"):
+    if name in ("acknowledge", "progress", "claim", "request_extension", "report_rectification",
+                "sign_notice"):
         return [cls, "only members of 东城镇一村 (v01)", actor]
     if name == "update_calendar":
         return [cls, "only the office", actor]
@@ -220,6 +232,7 @@ WRONG_STATE: dict[str, tuple[Callable[[], Sim], str]] = {
     "verify_rectification": (with_finding(False), "not_allowed"),
     "recheck": (claimed, "not_allowed"),
     "update_calendar": (calendar_updated, "duplicate"),
+    "sign_notice": (fresh, "unknown_notice"),
 }
 
 
