@@ -19,7 +19,9 @@ member of t01 (城关街道) sees nothing (its villages' tasks are theirs).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from temporalio.testing import ActivityEnvironment
@@ -158,3 +160,18 @@ def seed(store: Any, p: Plan | None = None, until: dt.datetime = NOW,
         sims[spec.task_id] = sim
     store_roster(store.engine, p)
     return sims
+
+
+@contextmanager
+def seeded_store(backend: str, tmp_path: Path) -> Iterator[Any]:
+    """A store on `backend` (sqlite, or postgresql when configured) holding the known state."""
+    from infra.db.store import open_store
+    from tests.fixtures_db import empty_database
+
+    with empty_database(backend, tmp_path) as url:
+        st = open_store(url)
+        try:
+            seed(st)
+            yield st
+        finally:
+            st.engine.dispose()

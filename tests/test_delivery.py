@@ -59,7 +59,7 @@ from service.delivery import (
 )
 from tests.conftest import WORKFLOW_QUEUE
 from tests.scenario import ROSTER, UNITS, ladders, make_spec
-from tests.web_harness import until
+from tests.waiting import until
 from workflows.inputs import KeyTaskInput
 from workflows.keytask import WORKFLOW_NAME
 from workflows.search import initial_search_attributes

@@ -22,6 +22,7 @@ import pytest
 
 from infra.db.store import open_store
 from infra.temporal.binaries import temporal_cli_path
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "duban-e2e"
@@ -93,18 +94,6 @@ async def temporal_cli(line: str, e2e: dict[str, Any], wid: str, check: bool = T
     args = shlex.split(line)
     args = [str(temporal_cli_path()) if a == "$T" else wid if a == "$W" else a for a in args]
     return await run([*args, "--address", e2e["address"]], e2e["env"], check=check)
-
-
-async def until(pred: Any, what: str, seconds: float = 30.0) -> Any:
-    """Visibility is eventually consistent: poll a condition, bounded, never a blind sleep."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        value = await pred()
-        if value:
-            return value
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 CONTINUING = "demo-djyl-2026/bzfg/t01"  # red and at level ≥ 2 from the moment it is loaded

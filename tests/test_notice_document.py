@@ -23,10 +23,9 @@ from sqlalchemy.exc import IntegrityError
 
 from activities.notice_document import load_notice_record, notice_sheet, sheet_for
 from activities.notice_pdf import notice_pdf, sheet_pdf
-from infra.db.store import NOTICE_NUMBER_SLOT, EventStore, open_store
+from infra.db.store import NOTICE_NUMBER_SLOT, EventStore
 from service import users
 from tests import board_seed as seed
-from tests.fixtures_db import empty_database
 from tests.web_harness import SCREENSHOTS, serve
 from web.app import create_app
 from web.context import WebContext
@@ -136,13 +135,8 @@ def test_a_writer_that_loses_its_number_counts_again(store: EventStore,
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def seeded(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStore]:
-    with empty_database(request.param, tmp_path_factory.mktemp("notices")) as url:
-        st = open_store(url)
-        try:
-            seed.seed(st)
-            yield st
-        finally:
-            st.engine.dispose()
+    with seed.seeded_store(request.param, tmp_path_factory.mktemp("notices")) as st:
+        yield st
 
 
 def c02_notices(store: EventStore) -> dict[str, dict[str, Any]]:

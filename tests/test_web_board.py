@@ -22,7 +22,6 @@ from sqlalchemy import event
 from infra.db.store import EventStore, ReadModel, open_store
 from service import users
 from tests import board_seed as seed
-from tests.fixtures_db import empty_database
 from web import board, board_data, export, gantt
 from web.access import can_see, task_url, visible_task
 from web.app import create_app
@@ -41,13 +40,8 @@ def store(request: pytest.FixtureRequest,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStore]:
     """The seeded store, once per module and backend (PostgreSQL with
     DUBAN_TEST_POSTGRES_URL, in a schema of its own)."""
-    with empty_database(request.param, tmp_path_factory.mktemp("board")) as url:
-        st = open_store(url)
-        try:
-            seed.seed(st)
-            yield st
-        finally:
-            st.engine.dispose()
+    with seed.seeded_store(request.param, tmp_path_factory.mktemp("board")) as st:
+        yield st
 
 
 async def _no_temporal() -> Any:

@@ -6,14 +6,13 @@ TestClient would hold the loop the worker needs to answer the commands it sends.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import hashlib
 import io
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from infra.db.store import EventStore
 from service import users
 from tests.conftest import WORKFLOW_QUEUE
 from tests.scenario import ROSTER, UNITS, make_spec
+from tests.waiting import until
 from web.access import task_url, tasks_t
 from web.app import create_app
 from web.context import WebContext
@@ -58,15 +58,6 @@ class Web:
 
     def events(self, task_id: str) -> list[dict[str, Any]]:
         return [s.event for s in self.store.load(task_id)]
-
-
-async def until(check: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    """Wait for the worker to record something (a condition, bounded; not a fixed delay)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

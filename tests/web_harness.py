@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from service import users
 from service.commands import send_command
 from tests.conftest import WORKFLOW_QUEUE
 from tests.scenario import ladders
+from tests.waiting import until
 from workflows.inputs import KeyTaskInput
 from workflows.keytask import WORKFLOW_NAME
 from workflows.search import initial_search_attributes
@@ -47,7 +48,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 WAIT_SECONDS = 30.0  # bound of every wait for the record to catch up
-POLL = 0.05
 
 PLAN = "webplan"
 OFFICE = "wdcb"
@@ -224,30 +224,10 @@ class WebStack:
             last = int(state["last_seq"])
             return last > 0 and state["recorded_seq"] == last and self.recorded_seq(tid) == last
 
-        await until_async(caught_up, f"{tid}: the store caught up")
+        await until(caught_up, f"{tid}: the store caught up")
 
     def events(self, tid: str) -> list[dict[str, Any]]:
         return [s.event for s in self.store.load(tid)]
-
-
-async def until(pred: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
-    """Poll a condition, bounded (never a blind sleep)."""
-    async def wrapped() -> Any:
-        return pred()
-
-    return await until_async(wrapped, what, seconds)
-
-
-async def until_async(pred: Callable[[], Awaitable[Any]], what: str,
-                      seconds: float = WAIT_SECONDS) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        value = await pred()
-        if value:
-            return value
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(POLL)
 
 
 async def reach_known_state(stack: WebStack) -> None:
