@@ -375,11 +375,6 @@ def tick(state: TaskState, now: dt.datetime, draw: int | None = None, *,
     recorded before 签收 existed) records none."""
     o = _Out(state, now, ev.SYSTEM)
     cal = state.spec.working_calendar
-    if reply_missed and state.status != "closed":
-        for n in state.notices:
-            if n.awaiting_reply and n.reply_by is not None and n.reply_by <= now:
-                o.add(ev.NoticeReplyMissed, step_key=n.step_key, issued_at=n.issued_at,
-                      reply_by=n.reply_by)
     for rung in due_rungs(o.state, now):
         step, tgt = rung.step, rung.target
         reply_by = None
@@ -392,6 +387,13 @@ def tick(state: TaskState, now: dt.datetime, draw: int | None = None, *,
               action=step.action, recipients=step.recipients, demand=step.demand,
               due_since=tgt.base, required_at=rung.required_at, reply_by=reply_by,
               calendar_estimated=rung.calendar_estimated)
+    # After the rungs: one fired late, already past its 反馈时限, is missed at once (no timer
+    # would wake for a time already gone).
+    if reply_missed and o.state.status != "closed":
+        for n in o.state.notices:
+            if n.awaiting_reply and n.reply_by is not None and n.reply_by <= now:
+                o.add(ev.NoticeReplyMissed, step_key=n.step_key, issued_at=n.issued_at,
+                      reply_by=n.reply_by)
     s = o.state
     if (s.is_active and all(n.status == "done" for n in s.nodes)
             and all(f.status == "closed" for f in s.findings)):

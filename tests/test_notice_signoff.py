@@ -142,3 +142,15 @@ async def test_the_workflow_records_signing_and_the_miss_at_their_exact_times(
     assert rows[fired["order"]["step_key"]]["reply_missed_at"] is not None
     assert fired["order"]["step_key"] in rows[fired["talk"]["step_key"]]["document"]
     assert wf_store.read_model_rows(spec.task_id)["task"]["missed_replies"] >= 2
+
+
+def test_a_notice_fired_past_its_reply_by_is_missed_in_the_same_tick() -> None:
+    """A task loaded late (its rungs fire at once, their 反馈时限 already gone): no timer would
+    wake for a past time, so the miss is recorded with the rung, not at the next wake-up."""
+    sim = Sim(build_spec(T0, due_days=(5, 60)), T0)
+    late = sim.spec.nodes[0].due + dt.timedelta(days=4)
+    events = sim.tick(late)
+    fired = [e for e in events if isinstance(e, ev.EscalationFired)]
+    missed = {e.step_key for e in events if isinstance(e, ev.NoticeReplyMissed)}
+    gone = {e.step_key for e in fired if e.reply_by is not None and e.reply_by <= late}
+    assert gone and missed == gone

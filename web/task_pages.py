@@ -49,6 +49,7 @@ EVENT_LABELS = {
     "LightChanged": "亮灯变化", "TaskCompleted": "任务完成", "RecheckScheduled": "抽中回头看",
     "RecheckRecorded": "回头看", "TaskClosed": "销号", "CommandRejected": "指令被拒",
     "CalendarUpdated": "工作日历更新",
+    "NoticeSignedFor": "签收督办", "NoticeReplyMissed": "逾期未反馈",
 }
 NODE_STATUS = {"open": "推进中", "claimed": "待验收", "done": "已完成"}
 FINDING_STATUS = {"open": "待整改", "reported": "待核查", "closed": "已销号"}
@@ -461,6 +462,16 @@ def build(ctx: WebContext, record: TaskRecord, as_of: AsOf) -> PageData:  # noqa
     return data
 
 
+def _notice_label(state: TaskState, n: NoticeState) -> str:
+    """"督办单（节点 fa，2026-12-04 05:42 下发）": the step's title from the task's ladders, what it
+    concerned (step key "<kind>:<target>:<cycle>:<step>"), and when it was issued."""
+    parts = n.step_key.split(":")
+    step, target = (parts[-1], parts[1]) if len(parts) >= 4 else (n.step_key, "")
+    titles = {st.code: st.title for lad in state.spec.ladders.values() for st in lad.steps}
+    about = f"{'问题' if parts[0] == 'finding' else '节点'} {target}，" if target else ""
+    return f"{titles.get(step, step)}（{about}{local_text(n.issued_at, state.spec.timezone)} 下发）"
+
+
 def form_choices(state: TaskState) -> dict[str, list[dict[str, str]]]:
     """What each form can be about now: the nodes and findings in the state it needs."""
     def node(n: Any, extra: str = "") -> dict[str, str]:
@@ -481,8 +492,7 @@ def form_choices(state: TaskState) -> dict[str, list[dict[str, str]]]:
         "open_findings": [finding(f) for f in state.findings if f.status == "open"],
         "reported_findings": [finding(f) for f in state.findings if f.status == "reported"],
         "unsigned_notices": [
-            {"value": n.step_key,
-             "label": f"{n.step_key}（{local_text(n.issued_at, state.spec.timezone)} 下发）"}
+            {"value": n.step_key, "label": _notice_label(state, n)}
             for n in state.notices if n.signed_at is None],
     }
 
